@@ -1,0 +1,35 @@
+"""The ``hasten`` console command; each area adds its own subcommands."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from hasten import __version__
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from hasten.attn.cli import add_attn_commands
+
+    parser = argparse.ArgumentParser(
+        prog="hasten", description="Fast inference for generative models."
+    )
+    parser.add_argument("--version", action="version", version=f"hasten {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    add_attn_commands(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return int(args.func(args) or 0)
+    except (ValueError, TypeError) as err:
+        # Bad input from the command line: say what was wrong without a traceback.
+        print(f"hasten: error: {err}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())
