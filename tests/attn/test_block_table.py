@@ -8,7 +8,14 @@ from torch.nn.attention.flex_attention import create_block_mask
 
 from hasten.attn import Dense, FrameTiles, SlidingTile, VideoLayout, attention_mask, block_table
 from hasten.attn.backends.flex import flex_block_mask
-from hasten.attn.block_table import FULL, PARTIAL, block_state_from_mask
+from hasten.attn.block_table import (
+    FULL,
+    PARTIAL,
+    block_state_from_mask,
+    cells,
+    chunk_bounds,
+    chunk_state_from_mask,
+)
 from hasten.attn.masks import mask_mod
 
 CASES = [
@@ -101,3 +108,35 @@ def test_flex_block_mask_equals_create_block_mask(case):
     )
     assert torch.equal(_state_of(ours).expand(batch, heads, -1, -1), _state_of(theirs))
     assert ours.seq_lengths == theirs.seq_lengths
+
+
+@pytest.mark.parametrize("case", CASES, ids=[_id(c) for c in CASES])
+@pytest.mark.parametrize(("qb", "kb"), [(16, 16), (32, 8), (24, 40)])
+def test_tile_aligned_table_equals_mask_derived(case, qb, kb):
+    canvas, tile, text, first, pattern = case
+    layout = VideoLayout(canvas, tile, text_tokens=text, text_first=first)
+    lengths = torch.tensor([text, text // 3]) if text else None
+    batch = 2 if text else 1
+    mask = attention_mask(layout, pattern, lengths, batch)
+    table = block_table(
+        layout, pattern, q_block=qb, kv_block=kb, text_lengths=lengths, aligned=True
+    )
+    expected = chunk_state_from_mask(mask, table.q_bounds, table.kv_bounds)
+    assert torch.equal(table.state, expected.expand_as(table.state))
+    assert torch.equal(table.transposed().state, table.state.transpose(-1, -2))
+
+
+@pytest.mark.parametrize(
+    ("canvas", "text", "first"), [((21, 45, 80), 0, False), ((13, 30, 45), 226, True)]
+)
+def test_tile_aligned_chunks_never_straddle_tiles(canvas, text, first):
+    layout = VideoLayout(canvas, (6, 8, 8), text_tokens=text, text_first=first)
+    bounds = chunk_bounds(layout, 128, aligned=True)
+    sizes = torch.diff(bounds)
+    assert bounds[0] == 0 and bounds[-1] == layout.seq_len and (sizes >= 1).all()
+    assert (sizes <= 128).all()
+    cell = cells(layout, by_frame=False).of_token
+    assert torch.equal(cell[bounds[:-1]], cell[bounds[1:] - 1])  # first and last in one tile
+    # So sliding tiles need no element masks at all, ragged or not.
+    table = block_table(layout, SlidingTile((3, 3, 3)), aligned=True)
+    assert int((table.state == PARTIAL).sum()) == 0

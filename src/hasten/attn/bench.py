@@ -33,10 +33,19 @@ from hasten.attn.patterns import Dense, Pattern, SlidingTile
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
 
 Window = Dims | Literal["full"]
+Pass = Literal["fwd", "bwd"]
+PASSES: tuple[Pass, ...] = ("fwd", "bwd")
 
-# FLOPs per kept (query, key) pair and head-dim element: QK^T and PV are one multiply-add
-# (2 FLOPs) each. A backward pass (5 matmuls, 10 per pair) gets its own key when timed.
-FLOPS_PER_PAIR = {"fwd": 4}
+# FLOPs per kept (query, key) pair and head-dim element, the FlashAttention convention.
+# Forward: QK^T and PV, one multiply-add (2 FLOPs) each. Backward: 5 matmuls (QK^T again
+# for P, dV = P^T dO, dP = dO V^T, dQ = dS K, dK = dS^T Q), so 2.5x the forward.
+FLOPS_PER_PAIR: dict[str, int] = {"fwd": 4, "bwd": 10}
+
+# The MFU denominator, TFLOP/s: H100 SXM dense BF16/FP16 tensor-core peak (NVIDIA's
+# datasheet lists 1979 "with sparsity", i.e. 2:4 structured sparsity, twice the dense
+# peak; H200 has the same peak). Applied to bf16/fp16 rows on CUDA only; on other cards
+# (PCIe H100: 756) the column overstates the share of peak.
+PEAK_TFLOPS = 989.0
 
 # Dense SDPA baselines, per device type: (method name, the one SDPA backend allowed).
 DENSE_METHODS: dict[str, tuple[tuple[str, SDPBackend], ...]] = {
@@ -54,11 +63,14 @@ def _dims_str(d: Sequence[int]) -> str:
 
 @dataclass(frozen=True)
 class BenchCase:
-    """One attention shape and window to time.
+    """One attention shape, window and pass to time.
 
     ``window`` is an STA window in tiles or ``"full"`` (the :class:`Dense` pattern, which
     measures a backend's overhead against dense SDPA at equal work). Cases that differ only
-    in ``window`` share one dense SDPA measurement.
+    in ``window`` share one dense SDPA measurement. ``pass_`` is ``"fwd"`` or ``"bwd"``
+    (the backward alone: the forward runs once, untimed). ``methods`` limits the case to
+    those methods (``None``: dense SDPA and every hasten backend); an
+    :class:`ExternalMethod` runs only on cases that name it here.
     """
 
     name: str
@@ -70,10 +82,18 @@ class BenchCase:
     batch: int = 1
     dtype: str = "bf16"
     window: Window = "full"
+    pass_: Pass = "fwd"
+    methods: tuple[str, ...] | None = None
 
     def __post_init__(self) -> None:
         if self.dtype not in DTYPES:
             raise ValueError(f"dtype {self.dtype!r} is not one of {sorted(DTYPES)}")
+        if self.pass_ not in PASSES:
+            raise ValueError(f"pass_ {self.pass_!r} is not one of {list(PASSES)}")
+        if self.methods is not None:
+            if isinstance(self.methods, str):
+                raise ValueError(f"methods must be a sequence of names, got {self.methods!r}")
+            object.__setattr__(self, "methods", tuple(self.methods))
         for field in ("heads", "head_dim", "batch"):
             if int(getattr(self, field)) < 1:
                 raise ValueError(f"{field} must be >= 1, got {getattr(self, field)}")
@@ -104,8 +124,11 @@ class BenchCase:
 
     @property
     def shape_key(self) -> BenchCase:
-        """The case with its window erased: what dense SDPA's cost depends on."""
-        return dataclasses.replace(self, window="full")
+        """The case with its window and methods erased: what dense SDPA's cost depends on."""
+        return dataclasses.replace(self, window="full", methods=None)
+
+    def wants(self, method: str) -> bool:
+        return self.methods is None or method in self.methods
 
     def fields(self) -> dict:
         lay = self.layout
@@ -121,6 +144,7 @@ class BenchCase:
             "batch": self.batch,
             "dtype": self.dtype,
             "window": self.window_name,
+            "pass": self.pass_,
         }
 
 
@@ -129,13 +153,17 @@ class Timing:
     """How long to time each method (milliseconds, as in ``triton.testing.do_bench``).
 
     ``min_reps`` stretches ``rep_ms`` for slow kernels (dense SDPA at HunyuanVideo size
-    takes ~0.3-0.5 s), so a median never rests on one or two samples.
+    takes ~0.3-0.5 s forward, ~1 s backward), so a median never rests on one or two
+    samples. Calls of ``slow_ms`` or more skip ``do_bench`` (its 5 estimating calls and its
+    warm-up): the first two calls warm up, then ``min_reps`` (or ``rep_ms`` worth) are timed;
+    flushing L2 between calls that each stream gigabytes changes nothing.
     """
 
     warmup_ms: float = 100.0
     rep_ms: float = 1000.0
     min_reps: int = 5
     cpu_repeats: int = 3
+    slow_ms: float = 100.0
 
 
 QUICK_TIMING = Timing(warmup_ms=10.0, rep_ms=100.0, min_reps=3, cpu_repeats=3)
@@ -178,19 +206,20 @@ def _time_cuda(fn: Callable[[], object], t: Timing) -> float:
     fn()
     end.record()
     torch.cuda.synchronize()
-    rep = max(t.rep_ms, t.min_reps * start.elapsed_time(end))
+    est = max(start.elapsed_time(end), 1e-3)
     try:
         from triton.testing import do_bench
     except ImportError:
         do_bench = None
-    if do_bench is not None:
+    if do_bench is not None and est < t.slow_ms:
         # do_bench flushes L2 between calls and sizes its loops from its own estimate.
+        rep = max(t.rep_ms, t.min_reps * est)
         return float(do_bench(fn, warmup=t.warmup_ms, rep=rep, return_mode="median"))
-    est = max(start.elapsed_time(end), 1e-3)
-    for _ in range(max(1, int(t.warmup_ms / est))):
+    # The estimating call above was a warm-up already; slow calls get no more.
+    for _ in range(int(t.warmup_ms / est)):
         fn()
     times = []
-    for _ in range(max(t.min_reps, int(rep / est))):
+    for _ in range(max(t.min_reps, int(t.rep_ms / est))):
         start.record()
         fn()
         end.record()
@@ -272,17 +301,53 @@ def environment(device: torch.device) -> dict:
         "python": platform.python_version(),
         "commit": git_commit(),
         "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
+        "mfu_peak_tflops": PEAK_TFLOPS if cuda else None,
     }
 
 
 # ---- running --------------------------------------------------------------------------
+class ExternalMethod:
+    """A method from outside hasten (another package's kernel), timed beside ours.
+
+    It runs only on cases whose ``methods`` name it. ``unavailable`` says why it cannot run
+    a case (a skipped row); ``prepare`` returns its forward as a callable on ``q, k, v``
+    (loading its code may fail: an error row); ``note``, called once after timing and
+    untimed, is what the row should carry besides (e.g. its error against ours).
+    """
+
+    name: str = ""
+
+    def unavailable(self, case: BenchCase, q: torch.Tensor) -> str | None:
+        return None
+
+    def prepare(
+        self, case: BenchCase, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor
+    ) -> Callable[[], torch.Tensor]:
+        raise NotImplementedError
+
+    def note(
+        self,
+        case: BenchCase,
+        q: torch.Tensor,
+        k: torch.Tensor,
+        v: torch.Tensor,
+        forward: Callable[[], torch.Tensor],
+    ) -> str:
+        return ""
+
+
 def _inputs(case: BenchCase, device: torch.device) -> tuple[torch.Tensor, ...]:
     shape = (case.batch, case.heads, case.layout.seq_len, case.head_dim)
-    return tuple(torch.randn(shape, device=device, dtype=case.torch_dtype) for _ in range(3))
+    grad = case.pass_ == "bwd"
+    return tuple(
+        torch.randn(shape, device=device, dtype=case.torch_dtype, requires_grad=grad)
+        for _ in range(3)
+    )
 
 
 def _dense_fn(q, k, v, backend: SDPBackend) -> Callable[[], torch.Tensor]:
     def fn():
+        # The backward runs the kernel family its forward picked; no context needed there.
         with sdpa_kernel(backend):
             return F.scaled_dot_product_attention(q, k, v)
 
@@ -295,6 +360,19 @@ def _sparse_fn(q, k, v, case: BenchCase, backend: str) -> Callable[[], torch.Ten
     return lambda: sparse_attention(q, k, v, layout, pattern, backend=backend)
 
 
+def _timed_fn(
+    forward: Callable[[], torch.Tensor], inputs: tuple[torch.Tensor, ...], mode: str
+) -> Callable[[], object]:
+    """What to time: ``forward`` itself, or (``bwd``) the backward of one untimed forward."""
+    if mode == "fwd":
+        return forward
+    out = forward()
+    # Random, never zeros: a zero gradient is not what training sends (and could be
+    # short-cut); the graph is kept so every timed call does the same work.
+    grad_out = torch.randn_like(out)
+    return lambda: torch.autograd.grad(out, inputs, grad_out, retain_graph=True)
+
+
 def _error(err: BaseException) -> str:
     return f"{type(err).__name__}: {err}".strip()[:500]
 
@@ -304,15 +382,24 @@ _SDPA_REFUSALS = ("No available kernel", "No viable backend")
 
 
 def _measure(
-    fn: Callable[[], object], device: torch.device, timing: Timing, *, dense: bool
+    forward: Callable[[], torch.Tensor],
+    inputs: tuple[torch.Tensor, ...],
+    mode: str,
+    device: torch.device,
+    timing: Timing,
+    *,
+    dense: bool,
 ) -> tuple[str, str, float | None, float | None]:
     """``(status, note, ms, first_s)`` of one method; a failure is a row, never a crash."""
     # sdpa_kernel with one backend refuses with warnings that say why: keep them.
     recorder = warnings.catch_warnings(record=True) if dense else contextlib.nullcontext([])
+    in_backward = False
     try:
         with recorder as caught:
             if dense:
                 warnings.simplefilter("always")
+            fn = _timed_fn(forward, inputs, mode)
+            in_backward = mode == "bwd"
             ms, first_s = time_ms(fn, device, timing)
         return "ok", "", ms, first_s
     except Exception as err:
@@ -324,6 +411,10 @@ def _measure(
         if dense and any(m in str(err) for m in _SDPA_REFUSALS):
             why = "; ".join(str(c.message).splitlines()[0] for c in caught)
             return "skipped", f"SDPA backend refused: {why or _error(err)}"[:500], None, None
+        if dense and in_backward:
+            # A baseline's own backward failing (cuDNN's refuses some shapes) is a missing
+            # baseline, not a hasten error.
+            return "skipped", f"SDPA backward refused: {_error(err)}"[:500], None, None
         return "error", _error(err), None, None
 
 
@@ -333,6 +424,7 @@ def methods_for(
     """``(method, is_dense, why it cannot run)`` for every method on ``q``'s device.
 
     Hasten backends come from the registry in auto's order, so new ones join automatically.
+    For a backward case ``q`` requires grad, and backends without a backward say so.
     """
     out: list[tuple[str, bool, str | None]] = [
         (name, True, None) for name, _ in DENSE_METHODS.get(q.device.type, ())
@@ -351,18 +443,22 @@ def run_cases(
     timing: Timing = Timing(),
     *,
     methods: Sequence[str] | None = None,
+    external: Sequence[ExternalMethod] = (),
     env: dict | None = None,
     on_row: Callable[[dict], None] | None = None,
     log: Callable[[str], None] | None = None,
 ) -> list[dict]:
-    """Time every method on every case; dense SDPA once per shape. Returns the rows.
+    """Time every method on every case; dense SDPA once per shape and pass. Returns the rows.
 
-    ``methods`` restricts to those names; ``on_row`` sees each row as it is made (to save
-    partial results); ``log`` gets one progress line per row.
+    ``methods`` restricts to those names (on top of each case's own ``methods``);
+    ``external`` are methods from outside hasten, run on the cases that name them;
+    ``on_row`` sees each row as it is made (to save partial results); ``log`` gets one
+    progress line per row.
     """
     device = torch.device(device)
     env = environment(device) if env is None else env
     rows: list[dict] = []
+    extra = {m.name: m for m in external}
 
     def emit(row: dict) -> None:
         row.update(env)
@@ -375,11 +471,13 @@ def run_cases(
     dense_done: set[BenchCase] = set()
     with _dynamo_limits():
         for case in cases:
+            with_dense = case.shape_key not in dense_done
             try:
-                _run_case(case, device, timing, methods, case.shape_key not in dense_done, emit)
+                if _run_case(case, device, timing, methods, with_dense, extra, emit):
+                    dense_done.add(case.shape_key)
             except Exception as err:  # inputs or FLOP counting failed: one row says so
-                emit(_row(case.fields(), "-", "error", _error(err), None, None, None, None))
-            dense_done.add(case.shape_key)
+                row = _row(case.fields(), "-", "error", _error(err), None, None, None, None)
+                emit(row)
             if device.type == "cuda":
                 torch.cuda.empty_cache()
     return rows
@@ -391,30 +489,63 @@ def _run_case(
     timing: Timing,
     methods: Sequence[str] | None,
     with_dense: bool,
+    extra: dict[str, ExternalMethod],
     emit: Callable[[dict], None],
-) -> None:
-    layout, B, H, D = case.layout, case.batch, case.heads, case.head_dim
-    kept = kept_flops(layout, case.pattern, B, H, D)
-    dense = dense_flops(layout, B, H, D)
+) -> bool:
+    """Emit the case's rows; return whether its dense SDPA rows ran (or were due)."""
+    layout, B, H, D, mode = case.layout, case.batch, case.heads, case.head_dim, case.pass_
+    kept = kept_flops(layout, case.pattern, B, H, D, mode=mode)
+    dense = dense_flops(layout, B, H, D, mode=mode)
     q, k, v = _inputs(case, device)
-    for method, is_dense, reason in methods_for(case, q, k, v):
-        if (methods is not None and method not in methods) or (is_dense and not with_dense):
+    listed = methods_for(case, q, k, v)
+    known = {name for name, _, _ in listed}
+    # External methods only where the case names them; a name nobody provides says so.
+    for name in case.methods or ():
+        if name in extra:
+            listed.append((name, False, extra[name].unavailable(case, q)))
+        elif name not in known:
+            listed.append((name, False, f"no method {name!r} in this run"))
+
+    dense_due = False
+    for method, is_dense, reason in listed:
+        if not case.wants(method) or (methods is not None and method not in methods):
             continue
         if is_dense:
-            fn = _dense_fn(q, k, v, dict(DENSE_METHODS[device.type])[method])
-            fields, work = {**case.fields(), "window": "full"}, dense
+            dense_due = True
+            if not with_dense:
+                continue
+        fields, work = case.fields(), kept
+        if is_dense:
+            forward = _dense_fn(q, k, v, dict(DENSE_METHODS[device.type])[method])
+            fields, work = {**fields, "window": "full"}, dense
+        elif method in extra and reason is None:
+            try:
+                forward = extra[method].prepare(case, q, k, v)
+            except Exception as err:
+                emit(_row(fields, method, "error", _error(err), None, None, work, dense, device))
+                continue
         else:
-            fn = _sparse_fn(q, k, v, case, method)
-            fields, work = case.fields(), kept
+            forward = _sparse_fn(q, k, v, case, method)
         if reason is None:
-            status, note, ms, first_s = _measure(fn, device, timing, dense=is_dense)
+            status, note, ms, first_s = _measure(
+                forward, (q, k, v), mode, device, timing, dense=is_dense
+            )
+            if status == "ok" and method in extra:
+                try:
+                    note = extra[method].note(case, q, k, v, forward)
+                except Exception as err:
+                    note = f"check failed: {_error(err)}"
         else:
             status, note, ms, first_s = "skipped", reason, None, None
-        emit(_row(fields, method, status, note, ms, first_s, work, dense))
+        emit(_row(fields, method, status, note, ms, first_s, work, dense, device))
+    return dense_due
 
 
-def _row(fields, method, status, note, ms, first_s, work, dense) -> dict:
+def _row(fields, method, status, note, ms, first_s, work, dense, device=None) -> dict:
     ok = ms is not None
+    tflops = work / ms / 1e9 if ok else None
+    # MFU only where PEAK_TFLOPS applies: tensor-core dtypes on a CUDA card.
+    peak = device is not None and device.type == "cuda" and fields["dtype"] in ("bf16", "fp16")
     return {
         **fields,
         "method": method,
@@ -425,9 +556,9 @@ def _row(fields, method, status, note, ms, first_s, work, dense) -> dict:
         "kept_fraction": None if work is None else work / dense,
         "kept_flops": work,
         "dense_flops": dense,
-        "tflops_kept": work / ms / 1e9 if ok else None,
+        "tflops_kept": tflops,
         "tflops_dense_equiv": dense / ms / 1e9 if ok else None,
-        "pass": "fwd",
+        "mfu": tflops / PEAK_TFLOPS if ok and peak else None,
     }
 
 
@@ -445,12 +576,14 @@ def _dynamo_limits():
 
 
 def _progress(row: dict) -> str:
-    head = f"{row['case']} {row['window']:>6} {row['method']:<12}"
+    head = f"{row['case']} {row['window']:>6} {row['pass']} {row['method']:<16}"
     if row["status"] != "ok":
         return f"{head} {row['status']}: {row['note'][:160]}"
+    mfu = "" if row.get("mfu") is None else f" ({100 * row['mfu']:.1f}% MFU)"
+    note = f"  [{row['note'][:120]}]" if row["note"] else ""
     return (
-        f"{head} {row['ms']:9.3f} ms  {row['tflops_kept']:7.4g} TFLOP/s kept"
-        f"  (first call {row['first_call_s']:.1f} s)"
+        f"{head} {row['ms']:9.3f} ms  {row['tflops_kept']:7.4g} TFLOP/s kept{mfu}"
+        f"  (first call {row['first_call_s']:.1f} s){note}"
     )
 
 
@@ -465,7 +598,8 @@ def write_json(path: str | os.PathLike, env: dict, rows: list[dict]) -> None:
 
 
 def format_table(rows: list[dict]) -> str:
-    """Aligned text table; ``x dense`` is the best dense SDPA time of that shape over ours."""
+    """Aligned text table; ``x dense`` is the best dense SDPA time of that shape and pass
+    over ours; ``MFU`` is kept TFLOP/s over :data:`PEAK_TFLOPS` (CUDA, bf16/fp16 rows)."""
     best: dict[tuple, float] = {}
     for r in rows:
         if r["method"].startswith("sdpa-") and r["ms"] is not None:
@@ -474,10 +608,12 @@ def format_table(rows: list[dict]) -> str:
     head = [
         "case",
         "window",
+        "pass",
         "method",
         "ms",
         "kept",
         "TF/s kept",
+        "MFU",
         "TF/s dense-eq",
         "x dense",
         "note",
@@ -490,17 +626,19 @@ def format_table(rows: list[dict]) -> str:
             [
                 r["case"],
                 r["window"],
+                r.get("pass", "fwd"),
                 r["method"],
                 f"{r['ms']:.3f}" if ok else "-",
                 "-" if r["kept_fraction"] is None else f"{100 * r['kept_fraction']:.1f}%",
                 f"{r['tflops_kept']:.4g}" if ok else "-",
+                "-" if r.get("mfu") is None else f"{100 * r['mfu']:.1f}%",
                 f"{r['tflops_dense_equiv']:.4g}" if ok else "-",
                 f"{ref / r['ms']:.2f}" if ok and ref else "-",
-                "" if r["status"] == "ok" else f"{r['status']}: {r['note'][:60]}",
+                r["note"][:60] if r["status"] == "ok" else f"{r['status']}: {r['note'][:60]}",
             ]
         )
     widths = [max(len(str(x)) for x in col) for col in zip(head, *body, strict=True)]
-    right = {3, 4, 5, 6, 7}
+    right = {4, 5, 6, 7, 8, 9}
 
     def line(cells: list[str]) -> str:
         out = [
@@ -514,7 +652,7 @@ def format_table(rows: list[dict]) -> str:
 
 def _shape_of(row: dict) -> tuple:
     keys = ("case", "canvas", "tile", "text_tokens", "heads", "head_dim", "batch", "dtype")
-    return tuple(row[k] for k in keys)
+    return (*(row[k] for k in keys), row.get("pass", "fwd"))
 
 
 def env_line(env: dict) -> str:
@@ -547,6 +685,15 @@ def parse_windows(text: str) -> list[Window]:
     if not out:
         raise argparse.ArgumentTypeError(f"expected windows like 3x3x3,5x5x5,full, got {text!r}")
     return out
+
+
+def parse_passes(text: str) -> list[Pass]:
+    """``"fwd,bwd"`` -> ``["fwd", "bwd"]``."""
+    out = [item.strip() for item in text.split(",") if item.strip()]
+    bad = [x for x in out if x not in PASSES]
+    if bad or not out:
+        raise argparse.ArgumentTypeError(f"passes are {','.join(PASSES)}, got {text!r}")
+    return out  # type: ignore[return-value]
 
 
 def _add_shape_args(p: argparse.ArgumentParser) -> None:
@@ -593,7 +740,8 @@ def add_bench_command(sub) -> None:
         "bench",
         help="time dense SDPA and every sparse backend on one shape",
         description="Time dense SDPA and every registered sparse attention backend "
-        "(forward) on one shape and a few STA windows; report honest FLOP rates.",
+        "(forward, and backward if asked) on one shape and a few STA windows; report "
+        "honest FLOP rates.",
     )
     _add_shape_args(p)
     p.add_argument(
@@ -601,6 +749,12 @@ def add_bench_command(sub) -> None:
         type=parse_windows,
         default=parse_windows("3x3x3,5x5x5,full"),
         help="STA windows in tiles, comma separated, 'full' for dense (default 3x3x3,5x5x5,full)",
+    )
+    p.add_argument(
+        "--passes",
+        type=parse_passes,
+        default=["fwd"],
+        help="fwd, bwd or fwd,bwd (default fwd); bwd times the backward alone",
     )
     p.add_argument(
         "--methods",
@@ -626,7 +780,9 @@ def _bench_main(args: argparse.Namespace) -> int:
             batch=args.batch,
             dtype=args.dtype,
             window=w,
+            pass_=mode,
         )
+        for mode in args.passes
         for w in args.windows
     ]
     env = environment(device)

@@ -50,19 +50,27 @@ def cells(layout: VideoLayout, by_frame: bool = True) -> Cells:
 
 @dataclass(frozen=True)
 class BlockTable:
-    """Which (query block, kv block) pairs a kernel computes, per sample and head.
+    """Which (query chunk, kv chunk) pairs a kernel computes, per sample and head.
 
-    ``state[b, h, i, j]`` is ``SKIP`` (0), ``PARTIAL`` (1: run with the element mask) or
-    ``FULL`` (2: every pair kept, run unmasked). ``b`` and ``h`` have size 1 when the table
-    is the same for every sample or head. The index views follow FlexAttention's
-    ``BlockMask`` convention: per query block, the count and the (ascending) indices of
-    partial kv blocks, and of full kv blocks, padded to ``num_kv_blocks``.
+    The sequence is cut into query chunks at ``q_bounds`` and kv chunks at ``kv_bounds``
+    (``[n + 1]`` positions, from 0 to ``seq_len``): fixed-size blocks, or tile-aligned chunks
+    of at most ``q_block`` / ``kv_block`` tokens (``aligned``). ``state[b, h, i, j]`` is
+    ``SKIP`` (0), ``PARTIAL`` (1: run with the element mask) or ``FULL`` (2: every pair
+    kept). ``b`` and ``h`` have size 1 when the table is the same for every sample or head.
+    The index views follow FlexAttention's ``BlockMask`` convention: per query chunk, the
+    count and the ascending indices of partial kv chunks, and of full ones.
     """
 
     state: torch.Tensor
+    q_bounds: torch.Tensor
+    kv_bounds: torch.Tensor
     q_block: int
     kv_block: int
-    seq_len: int
+    aligned: bool = False
+
+    @property
+    def seq_len(self) -> int:
+        return int(self.q_bounds[-1])
 
     @property
     def num_q_blocks(self) -> int:
@@ -72,36 +80,70 @@ class BlockTable:
     def num_kv_blocks(self) -> int:
         return self.state.shape[-1]
 
-    def _indices(self, which: int) -> tuple[torch.Tensor, torch.Tensor]:
-        hit = self.state == which
-        count = hit.sum(-1, dtype=torch.int32)
-        order = torch.argsort(hit.to(torch.int8), dim=-1, descending=True, stable=True)
-        return count, order.to(torch.int32)
-
     @cached_property
     def partial(self) -> tuple[torch.Tensor, torch.Tensor]:
-        """``(kv_num_blocks [B,H,nq], kv_indices [B,H,nq,nk])`` of partial blocks."""
-        return self._indices(PARTIAL)
+        """``(kv_num_blocks [B,H,nq], kv_indices [B,H,nq,nk])`` of partial chunks."""
+        return index_lists(self.state == PARTIAL)
 
     @cached_property
     def full(self) -> tuple[torch.Tensor, torch.Tensor]:
-        """``(full_kv_num_blocks, full_kv_indices)`` of fully kept blocks."""
-        return self._indices(FULL)
+        """``(full_kv_num_blocks, full_kv_indices)`` of fully kept chunks."""
+        return index_lists(self.state == FULL)
 
     def computed_fraction(self) -> float:
-        """Fraction of block pairs a kernel computes (partial or full)."""
-        return float((self.state != SKIP).float().mean())
+        """Fraction of token pairs inside the chunk pairs a kernel computes."""
+        q = torch.diff(self.q_bounds).double()
+        k = torch.diff(self.kv_bounds).double()
+        run = (self.state != SKIP).double()
+        return float((q @ run @ k).mean()) / self.seq_len**2
+
+    def transposed(self) -> BlockTable:
+        """The same table seen from the kv side (per kv chunk, its query chunks)."""
+        return BlockTable(
+            self.state.transpose(-1, -2),
+            self.kv_bounds,
+            self.q_bounds,
+            self.kv_block,
+            self.q_block,
+            self.aligned,
+        )
 
     def to(self, device: torch.device | str) -> BlockTable:
-        return BlockTable(self.state.to(device), self.q_block, self.kv_block, self.seq_len)
+        return BlockTable(
+            self.state.to(device),
+            self.q_bounds.to(device),
+            self.kv_bounds.to(device),
+            self.q_block,
+            self.kv_block,
+            self.aligned,
+        )
 
 
-def _block_cell_ranges(of_token: torch.Tensor, block: int) -> torch.Tensor:
-    """``[n_blocks, span]`` cell indices each block covers (repeats pad short ranges)."""
-    seq_len = len(of_token)
-    starts = torch.arange(0, seq_len, block)
-    ends = torch.clamp(starts + block, max=seq_len) - 1
-    lo, hi = of_token[starts], of_token[ends]
+def index_lists(hit: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per row of ``hit [..., n]``: the count and the ascending indices of its True entries
+    (int32; the indices past the count are padding)."""
+    count = hit.sum(-1, dtype=torch.int32)
+    order = torch.argsort(hit.to(torch.int8), dim=-1, descending=True, stable=True)
+    return count, order.to(torch.int32)
+
+
+def chunk_bounds(layout: VideoLayout, block: int, aligned: bool) -> torch.Tensor:
+    """``[n + 1]`` chunk boundaries: every ``block`` tokens, or within each tile (and the text)."""
+    S = layout.seq_len
+    if not aligned:
+        return torch.cat([torch.arange(0, S, block), torch.tensor([S])])
+    c = cells(layout, by_frame=False)
+    pieces = (c.size + block - 1) // block
+    first = torch.repeat_interleave(c.start, pieces)
+    rank = torch.arange(len(first)) - torch.repeat_interleave(
+        torch.cumsum(pieces, 0) - pieces, pieces
+    )
+    return torch.cat([first + rank * block, torch.tensor([S])])
+
+
+def _chunk_cell_ranges(of_token: torch.Tensor, bounds: torch.Tensor) -> torch.Tensor:
+    """``[n_chunks, span]`` cell indices each chunk covers (repeats pad short ranges)."""
+    lo, hi = of_token[bounds[:-1]], of_token[bounds[1:] - 1]
     span = int((hi - lo).max()) + 1
     return torch.minimum(lo[:, None] + torch.arange(span)[None, :], hi[:, None])
 
@@ -111,7 +153,7 @@ def _with_padding(layout, c: Cells, keep: torch.Tensor, valid_text: int):
 
     The padding becomes a cell of its own right after the text cell (the whole text cell
     when nothing is valid) whose column nobody keeps; as queries, padded positions behave
-    like text. Ids stay increasing along the sequence, so blocks still cover ranges.
+    like text. Ids stay increasing along the sequence, so chunks still cover ranges.
     """
     if valid_text >= layout.text_tokens:
         return c.of_token, keep
@@ -131,13 +173,13 @@ def _with_padding(layout, c: Cells, keep: torch.Tensor, valid_text: int):
     return of_token, keep
 
 
-def _state(layout, pattern, q_block: int, kv_block: int, valid_text: int) -> torch.Tensor:
-    """``[H, nq, nk]`` block states when the first ``valid_text`` text tokens are real."""
+def _state(layout, pattern, qb: torch.Tensor, kb: torch.Tensor, valid_text: int) -> torch.Tensor:
+    """``[H, nq, nk]`` chunk states when the first ``valid_text`` text tokens are real."""
     c = cells(layout, pattern.frame_level)
     keep = pattern.keep(c.coords, c.coords, layout)  # [H, C, C]
     of_token, keep = _with_padding(layout, c, keep, valid_text)
-    qc = _block_cell_ranges(of_token, q_block)
-    kc = _block_cell_ranges(of_token, kv_block)
+    qc = _chunk_cell_ranges(of_token, qb)
+    kc = _chunk_cell_ranges(of_token, kb)
     # Chunk over query blocks so the gathered cell pairs stay under ~64M booleans.
     step = max(1, (1 << 26) // (keep.shape[0] * qc.shape[1] * kc.numel()))
     parts = []
@@ -145,14 +187,7 @@ def _state(layout, pattern, q_block: int, kv_block: int, valid_text: int) -> tor
         pairs = keep[:, qc[i : i + step, :, None, None], kc[None, None]]  # [H, nq, sq, nk, sk]
         full, any_ = pairs.all(4).all(2), pairs.any(4).any(2)
         parts.append(torch.where(full, FULL, torch.where(any_, PARTIAL, SKIP)).to(torch.int8))
-    state = torch.cat(parts, dim=1)
-    # Blocks hanging over the sequence end need bounds masks.
-    S = layout.seq_len
-    if S % q_block:
-        state[:, -1, :] = state[:, -1, :].clamp(max=PARTIAL)
-    if S % kv_block:
-        state[:, :, -1] = state[:, :, -1].clamp(max=PARTIAL)
-    return state
+    return torch.cat(parts, dim=1)
 
 
 def block_table(
@@ -162,35 +197,56 @@ def block_table(
     q_block: int = 128,
     kv_block: int = 128,
     text_lengths: torch.Tensor | None = None,
+    aligned: bool = False,
 ) -> BlockTable:
-    """The analytic block table of ``pattern`` on ``layout`` for the given block sizes.
+    """The analytic block table of ``pattern`` on ``layout``.
 
-    Blocks that run past the end of the sequence are at most ``PARTIAL`` (their tail is
-    out of bounds); with ``text_lengths`` (valid text tokens per sample) padded text keys
-    are dropped, so the table gets one entry per sample (computed once per distinct length).
+    With ``aligned=False`` chunks are fixed blocks of ``q_block`` / ``kv_block`` tokens
+    (FlexAttention's convention: a block running past the sequence end is at most
+    ``PARTIAL``). With ``aligned=True`` chunks never straddle a tile or the video/text
+    boundary, so tile-level patterns (STA) give only ``FULL`` and ``SKIP`` pairs even on
+    ragged canvases; a kernel then masks only each chunk's end. With ``text_lengths``
+    (valid text tokens per sample) padded text keys are dropped and the table gets one
+    entry per sample (computed once per distinct length).
     """
     for name, b in (("q_block", q_block), ("kv_block", kv_block)):
-        if b < 1:
-            raise ValueError(f"{name} must be a positive number of tokens, got {b}")
+        if not isinstance(b, int) or b < 1:
+            raise ValueError(f"{name} must be a positive number of tokens, got {b!r}")
     pattern.validate(layout)
     if text_lengths is not None:
         layout.check_text_lengths(text_lengths, len(text_lengths))
     lengths = [layout.text_tokens] if text_lengths is None else [int(x) for x in text_lengths]
-    states = {n: _state(layout, pattern, q_block, kv_block, n) for n in set(lengths)}
+    qb = chunk_bounds(layout, q_block, aligned)
+    kb = chunk_bounds(layout, kv_block, aligned)
+    states = {n: _state(layout, pattern, qb, kb, n) for n in set(lengths)}
     state = torch.stack([states[n] for n in lengths])
-    return BlockTable(state=state, q_block=q_block, kv_block=kv_block, seq_len=layout.seq_len)
+    S = layout.seq_len
+    if not aligned:  # blocks hanging over the sequence end need bounds masks
+        if S % q_block:
+            state[..., -1, :] = state[..., -1, :].clamp(max=PARTIAL)
+        if S % kv_block:
+            state[..., -1] = state[..., -1].clamp(max=PARTIAL)
+    return BlockTable(state, qb, kb, q_block, kv_block, aligned)
+
+
+def chunk_state_from_mask(mask: torch.Tensor, q_bounds, kv_bounds) -> torch.Tensor:
+    """Chunk states derived from a dense token mask ``[..., S, S]`` (the slow oracle path)."""
+    # 2D prefix sums: kept pairs in every chunk rectangle, compared with its area.
+    counts = torch.nn.functional.pad(mask.to(torch.int64).cumsum(-1).cumsum(-2), (1, 0, 1, 0))
+    qb, kb = torch.as_tensor(q_bounds), torch.as_tensor(kv_bounds)
+    r0, r1, c0, c1 = qb[:-1, None], qb[1:, None], kb[None, :-1], kb[None, 1:]
+    kept = counts[..., r1, c1] - counts[..., r0, c1] - counts[..., r1, c0] + counts[..., r0, c0]
+    area = (r1 - r0) * (c1 - c0)
+    return torch.where(kept == area, FULL, torch.where(kept > 0, PARTIAL, SKIP)).to(torch.int8)
 
 
 def block_state_from_mask(mask: torch.Tensor, q_block: int, kv_block: int) -> torch.Tensor:
-    """Block states derived from a dense token mask ``[..., S, S]`` (the slow oracle path).
-
-    Positions past the end count as dropped, as in FlexAttention's ``create_block_mask``.
-    """
+    """Fixed-block states from a dense token mask, positions past the end counting as
+    dropped (as in FlexAttention's ``create_block_mask``)."""
     S_q, S_k = mask.shape[-2:]
     nq, nk = math.ceil(S_q / q_block), math.ceil(S_k / kv_block)
     padded = mask.new_zeros(*mask.shape[:-2], nq * q_block, nk * kv_block)
     padded[..., :S_q, :S_k] = mask
-    blocks = padded.unflatten(-1, (nk, kv_block)).unflatten(-3, (nq, q_block))
-    any_ = blocks.any(-1).any(-2)
-    all_ = blocks.all(-1).all(-2)
-    return torch.where(all_, FULL, torch.where(any_, PARTIAL, SKIP)).to(torch.int8)
+    return chunk_state_from_mask(
+        padded, torch.arange(nq + 1) * q_block, torch.arange(nk + 1) * kv_block
+    )

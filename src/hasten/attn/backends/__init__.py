@@ -1,6 +1,6 @@
 """Registered attention backends; importing this module registers the built-in ones."""
 
-from hasten.attn.backends import flex, reference  # noqa: F401  (registration side effect)
+from hasten.attn.backends import flex, reference, triton  # noqa: F401  (registration)
 from hasten.attn.backends.base import (
     Backend,
     Problem,

@@ -1,0 +1,1 @@
+"""Triton kernels for block-sparse attention (imported only where Triton is installed)."""

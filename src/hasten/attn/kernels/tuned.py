@@ -1,0 +1,47 @@
+"""Kernel configs tuned per card, with their provenance (made by benchmarks/tune_triton.py)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from hasten.attn.kernels.ops import KernelConfig, PassConfig
+
+
+@dataclass(frozen=True)
+class Tuned:
+    """A config and where it came from: the card, dtype and date it was measured on."""
+
+    config: KernelConfig
+    card: str
+    dtype: str
+    date: str
+    source: str
+
+
+#: (card name as torch reports it, head dim) -> tuned config.
+TUNED: dict[tuple[str, int], Tuned] = {
+    ("NVIDIA H100 80GB HBM3", 128): Tuned(
+        # 128x128 chunks through TMA: 29.5 ms vs 34.5 ms (128x64, pointers) at HunyuanVideo
+        # 720p (3,3,3); backward: 64x64 chunks, 4 warps, 2 stages was the fastest of five.
+        config=KernelConfig(
+            fwd=PassConfig(128, 128, 8, 3),
+            dkdv=PassConfig(64, 64, 4, 2),
+            dq=PassConfig(64, 64, 4, 2),
+            tma=True,
+        ),
+        card="NVIDIA H100 80GB HBM3",
+        dtype="bf16",
+        date="2026-11-28",
+        source="benchmarks/results/triton-tuning-nvidia-h100-80gb-hbm3.json",
+    ),
+}
+
+
+def config_for(device: torch.device, head_dim: int) -> KernelConfig:
+    """The tuned config for this card and head dim, else the defaults (which run anywhere)."""
+    if device.type != "cuda":
+        return KernelConfig()
+    tuned = TUNED.get((torch.cuda.get_device_name(device), head_dim))
+    return KernelConfig() if tuned is None else tuned.config
