@@ -29,18 +29,20 @@ from hasten.attn.kernels.ops import KernelConfig, PassConfig, sparse_attention_t
 # Each config with the reason it is worth trying; nothing is swept blindly.
 P = PassConfig
 FWD = [
-    (KernelConfig(fwd=P(128, 64, 8, 3)), "Triton tutorial's Hopper choice for D=128"),
-    (KernelConfig(fwd=P(128, 64, 8, 3), tma=True), "k, v through TMA descriptors"),
-    (KernelConfig(fwd=P(128, 128, 8, 3), tma=True), "TMA and half the kv-loop trips"),
-    (KernelConfig(fwd=P(128, 64, 8, 4), tma=True), "TMA with a deeper pipeline"),
-    (KernelConfig(fwd=P(128, 128, 8, 2)), "128x128 chunks, shallower pipeline fits shared memory"),
+    (KernelConfig(fwd=P(128, 128, 8, 3), tma=True), "first sweep's winner: TMA, 128x128 chunks"),
+    (KernelConfig(fwd=P(128, 128, 8, 2), tma=True), "two stages leave shared memory to spare"),
+    (KernelConfig(fwd=P(128, 64, 8, 3), tma=True), "TMA with 128x64 chunks"),
 ]
+_Q = P(64, 64, 4, 2)  # the first sweep's best backward chunks, held fixed while the other varies
 BWD = [
-    (KernelConfig(dkdv=P(64, 64, 4, 2), dq=P(64, 64, 4, 2)), "first version"),
-    (KernelConfig(dkdv=P(32, 128, 4, 3), dq=P(128, 32, 4, 3)), "Triton tutorial's shapes"),
-    (KernelConfig(dkdv=P(64, 128, 8, 2), dq=P(128, 64, 8, 2)), "wide chunks, 8 warps"),
-    (KernelConfig(dkdv=P(32, 64, 4, 3), dq=P(64, 64, 4, 2)), "narrow q steps: no dk/dv spills"),
-    (KernelConfig(dkdv=P(64, 64, 8, 2), dq=P(128, 64, 8, 2)), "8 warps share dk, dv"),
+    (KernelConfig(dkdv=_Q, dq=_Q), "first sweep's winner"),
+    (KernelConfig(dkdv=P(64, 64, 8, 2), dq=_Q), "dk, dv: 8 warps, no spills"),
+    (KernelConfig(dkdv=P(64, 128, 8, 2), dq=_Q), "dk, dv: 128-token kv chunks, 8 warps"),
+    (KernelConfig(dkdv=P(32, 128, 8, 2), dq=_Q), "dk, dv: narrow q steps, wide kv"),
+    (KernelConfig(dkdv=P(64, 64, 4, 3), dq=_Q), "dk, dv: deeper pipeline"),
+    (KernelConfig(dkdv=_Q, dq=P(128, 64, 8, 2)), "dq: 128-query chunks, 8 warps"),
+    (KernelConfig(dkdv=_Q, dq=P(64, 128, 8, 2)), "dq: 128-token kv steps, 8 warps"),
+    (KernelConfig(dkdv=_Q, dq=P(128, 32, 4, 2)), "dq: Triton tutorial's shape"),
 ]
 SHAPES = {
     "hunyuanvideo-720p-117f": VideoLayout((30, 48, 80), (6, 8, 8)),

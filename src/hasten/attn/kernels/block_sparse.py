@@ -52,12 +52,14 @@ def _fwd_inner(acc, l_i, m_i, q, K, V, desc_k, desc_v, row0, stride_ks, stride_v
                qk_scale, BLOCK_N: tl.constexpr, MASKED: tl.constexpr, CELL_MASK: tl.constexpr,
                PAD_MASK: tl.constexpr, USE_TMA: tl.constexpr, UPCAST: tl.constexpr):
     for t in range(0, n):
-        j = tl.load(IDX + t)
-        ks = tl.load(KVB + j)
-        offs_n = ks + tl.arange(0, BLOCK_N)
         if MASKED:
+            j = tl.load(IDX + t)
+            ks = tl.load(KVB + j)
+            offs_n = ks + tl.arange(0, BLOCK_N)
             valid_n = offs_n < tl.load(KVB + j + 1)
-        else:
+        else:  # unmasked lists hold the chunk's first token: one load, no indirection
+            ks = tl.load(IDX + t)
+            offs_n = ks + tl.arange(0, BLOCK_N)
             valid_n = offs_n >= 0
         if USE_TMA:  # rows past the chunk are read but masked below (or absent when unmasked)
             k = desc_k.load([row0 + ks, 0])
@@ -143,11 +145,12 @@ def _dkdv_inner(dk, dv, k, v, Q, DO, LSE, DELTA, stride_qs, stride_ds, QB, IDX, 
                 BLOCK_M: tl.constexpr, MASKED: tl.constexpr, CELL_MASK: tl.constexpr,
                 PAD_MASK: tl.constexpr, UPCAST: tl.constexpr):
     for t in range(0, n):
-        i = tl.load(IDX + t)
-        offs_m = tl.load(QB + i) + tl.arange(0, BLOCK_M)
         if MASKED:
+            i = tl.load(IDX + t)
+            offs_m = tl.load(QB + i) + tl.arange(0, BLOCK_M)
             valid_m = offs_m < tl.load(QB + i + 1)
         else:
+            offs_m = tl.load(IDX + t) + tl.arange(0, BLOCK_M)
             valid_m = offs_m >= 0
         q = _load_rows(Q, offs_m, valid_m, stride_qs, offs_d, MASKED, UPCAST)
         do = _load_rows(DO, offs_m, valid_m, stride_ds, offs_d, MASKED, UPCAST)
@@ -227,11 +230,12 @@ def _dq_inner(dq, q, do, lse, delta, K, V, stride_ks, stride_vs, KVB, IDX, n, of
               BLOCK_N: tl.constexpr, MASKED: tl.constexpr, CELL_MASK: tl.constexpr,
               PAD_MASK: tl.constexpr, UPCAST: tl.constexpr):
     for t in range(0, n):
-        j = tl.load(IDX + t)
-        offs_n = tl.load(KVB + j) + tl.arange(0, BLOCK_N)
         if MASKED:
+            j = tl.load(IDX + t)
+            offs_n = tl.load(KVB + j) + tl.arange(0, BLOCK_N)
             valid_n = offs_n < tl.load(KVB + j + 1)
         else:
+            offs_n = tl.load(IDX + t) + tl.arange(0, BLOCK_N)
             valid_n = offs_n >= 0
         k = _load_rows(K, offs_n, valid_n, stride_ks, offs_d, MASKED, UPCAST)
         v = _load_rows(V, offs_n, valid_n, stride_vs, offs_d, MASKED, UPCAST)

@@ -92,8 +92,10 @@ def _lists(table: BlockTable, unpadded: BlockTable, padded: bool, device) -> Chu
     out = []
     for hit in (unmasked, masked):
         count, idx = index_lists(hit)
-        width = max(int(count.max()), 1)
-        out += [count.to(device), idx[..., :width].contiguous().to(device)]
+        idx = idx[..., : max(int(count.max()), 1)]
+        if hit is unmasked:  # the kernels read these entries' first tokens directly
+            idx = table.kv_bounds[idx.long()].to(torch.int32)
+        out += [count.to(device), idx.contiguous().to(device)]
     return ChunkLists(
         tensors=tuple(out),
         has_masked=bool(masked.any()),
