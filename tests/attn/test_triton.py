@@ -14,15 +14,16 @@ from hasten.attn import (
     explain_backends,
     sparse_attention,
 )
-from hasten.attn.kernels.ops import (
+from tests.attn.numerics import assert_within_torch_error, naive_attention
+
+triton = pytest.importorskip("triton")
+
+from hasten.attn.kernels.ops import (  # noqa: E402  (needs triton)
     KernelConfig,
     PassConfig,
     kernel_tables,
     sparse_attention_triton,
 )
-from tests.attn.numerics import assert_within_torch_error, naive_attention
-
-triton = pytest.importorskip("triton")
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 # The interpreter's bf16 dot is wrong (see environment notes): CPU tests take fp16 and fp32.
