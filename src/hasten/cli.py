@@ -10,6 +10,7 @@ from hasten import __version__
 
 def build_parser() -> argparse.ArgumentParser:
     from hasten.attn.cli import add_attn_commands
+    from hasten.serve.cli import add_serve_commands
 
     parser = argparse.ArgumentParser(
         prog="hasten", description="Fast inference for generative models."
@@ -17,6 +18,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"hasten {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     add_attn_commands(sub)
+    add_serve_commands(sub)
     return parser
 
 

@@ -1,0 +1,95 @@
+"""Strict-priority batch filling under a token budget, a sequence cap and KV-cache capacity."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Protocol
+
+from hasten.serve.policies import Job
+
+
+class KVSpace(Protocol):
+    """The engine's KV cache as batch filling sees it, in blocks.
+
+    The simulator implements it with block arithmetic; the vLLM scheduler wraps its
+    ``KVCacheManager``. ``evict`` frees a job's blocks and applies the engine's preemption
+    (recompute: ``computed = 0``; swap: KV kept off-device).
+    """
+
+    def free_blocks(self) -> int: ...
+
+    def blocks_held(self, job: Job) -> int: ...
+
+    def blocks_needed(self, job: Job, num_tokens: int) -> int:
+        """New blocks ``job`` needs to compute ``num_tokens`` more tokens."""
+        ...
+
+    def allocate(self, job: Job, num_tokens: int) -> None: ...
+
+    def evict(self, job: Job) -> None: ...
+
+
+@dataclass(frozen=True)
+class Batch:
+    """One iteration's plan: ``(job, tokens to compute)`` in rank order, and the evicted jobs."""
+
+    scheduled: tuple[tuple[Job, int], ...]
+    evicted: tuple[Job, ...]
+
+    @property
+    def jobs(self) -> list[Job]:
+        return [job for job, _ in self.scheduled]
+
+    @property
+    def num_tokens(self) -> int:
+        return sum(n for _, n in self.scheduled)
+
+
+def fill_batch(
+    ranked: Sequence[Job],
+    kv: KVSpace,
+    *,
+    token_budget: int,
+    max_num_seqs: int,
+    chunked_prefill: bool = True,
+) -> Batch:
+    """Take jobs in rank order until the first one that does not fit (strict priority).
+
+    A job fits when a sequence slot is left, its tokens fit the remaining budget (with
+    ``chunked_prefill`` a prefill takes whatever budget is left and finishes in later
+    iterations), and its new KV blocks are free, possibly after evicting jobs ranked *below*
+    it, lowest first. Nobody is evicted unless that makes the job fit: a job that cannot fit
+    even then ends the batch, and the jobs below keep their KV.
+    """
+    scheduled: list[tuple[Job, int]] = []
+    evicted: list[Job] = []
+    budget = token_budget
+    for i, job in enumerate(ranked):
+        if len(scheduled) >= max_num_seqs or budget <= 0:
+            break
+        need = job.to_compute
+        assert need >= 1, f"job {job.id!r} has nothing to compute (finished jobs must be removed)"
+        if need > budget and not chunked_prefill:
+            break
+        n = min(need, budget)
+        extra = kv.blocks_needed(job, n)
+        free = kv.free_blocks()
+        if extra > free:
+            victims = []
+            for victim in reversed(ranked[i + 1 :]):
+                held = kv.blocks_held(victim)
+                if held > 0:
+                    victims.append(victim)
+                    free += held
+                    if free >= extra:
+                        break
+            if free < extra:
+                break
+            for victim in victims:
+                kv.evict(victim)
+            evicted.extend(victims)
+        kv.allocate(job, n)
+        scheduled.append((job, n))
+        budget -= n
+    return Batch(scheduled=tuple(scheduled), evicted=tuple(evicted))
