@@ -69,6 +69,20 @@ class Pattern:
     def describe(self) -> str:
         return repr(self)
 
+    def select_heads(self, start: int, stop: int) -> Pattern:
+        """The pattern of heads ``start:stop`` only (sequence parallelism splits heads).
+
+        A pattern with one rule for all heads is returned as it is.
+        """
+        if self.heads is None:
+            return self
+        if not 0 <= start < stop <= self.heads:
+            raise ValueError(f"heads {start}:{stop} are outside the pattern's {self.heads} heads")
+        return self._with_heads(slice(start, stop))
+
+    def _with_heads(self, heads: slice) -> Pattern:
+        raise NotImplementedError(f"{type(self).__name__} has per-head rules but no slicing")
+
 
 @dataclass(frozen=True)
 class Dense(Pattern):
@@ -136,6 +150,9 @@ class SlidingTile(Pattern):
             out = keep_d if out is None else out & keep_d
         return out
 
+    def _with_heads(self, heads: slice) -> SlidingTile:
+        return SlidingTile(list(self.windows[heads]))
+
     def axis_tables(self, layout: VideoLayout) -> list[torch.Tensor]:
         """Per axis, ``[H or 1, n, n]`` bool: query tile index keeps key tile index."""
         tables = []
@@ -187,6 +204,9 @@ class FrameTiles(Pattern):
                 f"global_frames {bad} exceed the {T} latent frames of {layout}; "
                 f"use 0..{T} (counted in latent frames, not video frames)"
             )
+
+    def _with_heads(self, heads: slice) -> FrameTiles:
+        return FrameTiles(list(self.ks[heads]))
 
     def keep_video(self, q: Coords, k: Coords, layout: VideoLayout) -> torch.Tensor:
         g = torch.tensor(self.ks)[:, None, None]
