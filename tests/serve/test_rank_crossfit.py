@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 import pytest
+import torch
 
 from hasten.serve.rank_crossfit import crossfit_scores, fold_of
 from hasten.serve.rank_train import TrainConfig
@@ -15,6 +16,27 @@ from tests.serve.test_ranker import make_tiny_encoder, synthetic_requests
 @pytest.fixture(scope="module")
 def tiny_encoder(tmp_path_factory):
     return make_tiny_encoder(tmp_path_factory.mktemp("tiny-bert-cf"))
+
+
+@pytest.fixture(autouse=True)
+def _own_cache(tmp_path, monkeypatch):
+    monkeypatch.setenv("HASTEN_CACHE", str(tmp_path / "cache"))
+
+
+def test_embedding_cache_embeds_each_prompt_once(tiny_encoder, monkeypatch):
+    from hasten.serve.embed_cache import cache_file, cached_embed
+    from hasten.serve.ranker import Ranker
+
+    ranker = Ranker.new(RankerConfig(tiny_encoder, 32), device="cpu")
+    first = cached_embed(ranker, ["w1 w2", "w3", "w1 w2"])
+    assert cache_file(ranker).is_file()
+    seen = []
+    real = ranker.embed
+    monkeypatch.setattr(ranker, "embed", lambda p, **kw: seen.extend(p) or real(p, **kw))
+    again = cached_embed(ranker, ["w3", "w4 w5", "w1 w2"])
+    assert seen == ["w4 w5"]  # only the new prompt reaches the encoder
+    assert torch.equal(again[0], first[1]) and torch.equal(again[2], first[0])
+    torch.testing.assert_close(again[1], real(["w4 w5"])[0])
 
 
 def test_folds_depend_on_the_id_alone():

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import warnings
+
 import torch
 import torch.distributed as dist
 import torch.distributed.nn.functional as dist_fn
@@ -35,7 +37,11 @@ def check_heads(heads: int, world_size: int) -> None:
 def _all_to_all(x: torch.Tensor, send: list[int], recv: list[int], group) -> torch.Tensor:
     """Flat all-to-all with autograd: ``send[j]`` elements of ``x`` go to rank ``j``."""
     out = x.new_empty(sum(recv))
-    return dist_fn.all_to_all_single(out, x, recv, send, group=group)
+    # The public autograd collective warns that it will move to the private
+    # _functional_collectives module; it is the one API of torch 2.11-2.14 that is public.
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)
+        return dist_fn.all_to_all_single(out, x, recv, send, group=group)
 
 
 def seq_to_heads(x: torch.Tensor, plan: ShardPlan, group=None) -> torch.Tensor:

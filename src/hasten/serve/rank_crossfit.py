@@ -46,7 +46,8 @@ def crossfit_scores(
 
     The result gives every request a prediction from a model that did not train on it, so
     a simulation can use *all* of a trace with honest predicted ranks, not only a 10% test
-    split. The encoder is run once (head mode); ``embeddings`` skips even that.
+    split. Each prompt is embedded once ever (cached on disk, see
+    :mod:`hasten.serve.embed_cache`); ``embeddings`` skips even that.
     """
     cfg = replace(config or TrainConfig(), progress=False)
     if cfg.mode != "head":
@@ -60,8 +61,10 @@ def crossfit_scores(
         raise ValueError(f"folds must be in [2, {len(requests)}] (the requests), got {folds}")
     base = Ranker.new(ranker, device=device, seed=cfg.seed)
     if embeddings is None:
-        embeddings = base.embed(
-            [r.prompt for r in requests], batch_size=cfg.batch_size, progress=progress
+        from hasten.serve.embed_cache import cached_embed
+
+        embeddings = cached_embed(
+            base, [r.prompt for r in requests], batch_size=cfg.batch_size, progress=progress
         )
     fold = np.array([fold_of(r.id, folds) for r in requests])
     scores = np.empty(len(requests), dtype=np.float64)
