@@ -143,3 +143,24 @@ def _bad_heads_worker(rank, world, port):
 
 def test_heads_that_do_not_divide_are_refused():
     mp.spawn(_bad_heads_worker, args=(3, _free_port()), nprocs=3)
+
+
+def test_documented_torchrun_check_passes():
+    """The command docs/parallel.md gives, through the real torchrun launcher."""
+    import subprocess
+    import sys
+
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--nproc-per-node",
+        "2",
+        "--master-port",
+        str(_free_port()),
+        "-m",
+        "hasten.parallel.check",
+    ]
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "max |error| vs one process 0.00e+00" in done.stdout
