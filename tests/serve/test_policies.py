@@ -232,3 +232,46 @@ def test_fill_batch_stops_at_the_first_request_that_does_not_fit():
     assert [(j.id, n) for j, n in batch.scheduled] == [("r0", 3), ("r1", 2)]
     batch = fill_batch(jobs, _FreeKV(), token_budget=100, max_num_seqs=2)
     assert [j.id for j in batch.jobs] == ["r0", "r1"]
+
+
+class _TightKV:
+    """One block per token, ``capacity`` blocks, tracking who holds what."""
+
+    def __init__(self, capacity, held):
+        self.capacity, self.held, self.evicted = capacity, dict(held), []
+
+    def free_blocks(self):
+        return self.capacity - sum(self.held.values())
+
+    def blocks_held(self, job):
+        return self.held.get(job.id, 0)
+
+    def blocks_needed(self, job, n):
+        return n
+
+    def allocate(self, job, n):
+        self.held[job.id] = self.held.get(job.id, 0) + n
+
+    def evict(self, job):
+        self.evicted.append(job.id)
+        self.held.pop(job.id)
+
+
+def test_a_promoted_job_evicts_only_when_the_guard_says_so():
+    reqs = make_requests([5, 5, 5], prompts=[4, 1, 1])
+    jobs = [Job(r, seq=i) for i, r in enumerate(reqs)]
+    for j in jobs[1:]:
+        j.computed = j.generated = 1  # r1, r2 decode: one new block each
+    jobs[0].quantum_left = 10  # r0 is promoted and needs 4 blocks; 3 are free
+    kv = _TightKV(5, {"r1": 1, "r2": 1})
+    batch = fill_batch(jobs, kv, token_budget=100, max_num_seqs=8)
+    assert batch.jobs == [jobs[0]] and kv.evicted == ["r2"]  # strict order: r0 evicts r2
+    kv = _TightKV(5, {"r1": 1, "r2": 1})
+    batch = fill_batch(jobs, kv, token_budget=100, max_num_seqs=8, promoted_evict=False)
+    assert [j.id for j in batch.jobs] == ["r1", "r2"] and kv.evicted == []  # r0 waits
+    # When only promoted jobs are left and none fits, waiting would stall: they evict.
+    for j in jobs[1:]:
+        j.quantum_left = 10
+    kv = _TightKV(4, {"r1": 2, "r2": 2})
+    batch = fill_batch(jobs, kv, token_budget=100, max_num_seqs=8, promoted_evict=False)
+    assert batch.jobs == [jobs[0]] and kv.evicted == ["r2", "r1"]

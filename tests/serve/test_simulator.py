@@ -261,7 +261,9 @@ def _random_trace(rng, n=60):
 
 
 @pytest.mark.parametrize("preemption", ["recompute", "swap"])
-@pytest.mark.parametrize("name", ["fcfs", "srtf", "ltr-starvation", "mlfq", "bucket"])
+@pytest.mark.parametrize(
+    "name", ["fcfs", "srtf", "ltr-starvation", "ltr-starvation-no-evict", "mlfq", "bucket"]
+)
 def test_no_request_is_lost_or_duplicated_under_kv_pressure(name, preemption, seed):
     rng = np.random.default_rng(seed)
     reqs = _random_trace(rng)
@@ -269,6 +271,10 @@ def test_no_request_is_lost_or_duplicated_under_kv_pressure(name, preemption, se
     kwargs = {}
     if name == "ltr-starvation":
         kwargs = {"scorer": precomputed_scores(scores), "starvation": (4, 2)}
+    elif name == "ltr-starvation-no-evict":
+        name = "ltr"
+        guard = StarvationGuard(4, 2, evicts=False)
+        kwargs = {"scorer": precomputed_scores(scores), "starvation": guard}
     elif name == "bucket":
         kwargs = {
             "scorer": precomputed_scores({k: float(int(abs(v) * 3)) for k, v in scores.items()})

@@ -109,11 +109,14 @@ class StarvationGuard:
 
     A promoted job sorts ahead of every unpromoted one for ``quantum`` *scheduled*
     iterations, then falls back to its policy priority. Both counts are in engine iterations,
-    as in the paper (200 and 10).
+    as in the paper (200 and 10). ``evicts``: whether a promoted job may evict running jobs
+    for KV space (default, as the paper's strict order does; its vLLM V0 swapped them out)
+    or only takes space as it frees up (see :func:`hasten.serve.batching.fill_batch`).
     """
 
     threshold: int = 200
     quantum: int = 10
+    evicts: bool = True
 
     def __post_init__(self) -> None:
         for name in ("threshold", "quantum"):

@@ -217,6 +217,7 @@ def simulate(
     cost = cost or LLAMA3_8B_H100
     pending = _validate(requests, config)
     live = LiveJobs(policy)
+    guard = policy.starvation
     kv = _BlockSpace(config)
     records: list[RequestRecord] = []
     log: list[IterationRecord] | None = [] if log_iterations else None
@@ -250,6 +251,7 @@ def simulate(
             token_budget=config.token_budget,
             max_num_seqs=config.max_num_seqs,
             chunked_prefill=config.chunked_prefill,
+            promoted_evict=guard is not None and guard.evicts,
         )
         # _validate guarantees the top job fits once everything below it is evicted.
         assert batch.scheduled, "no request could be scheduled"
