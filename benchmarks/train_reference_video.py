@@ -58,12 +58,13 @@ def parse_args(argv=None):
     p.add_argument(
         "--total-seconds",
         type=float,
-        default=400,
-        help="deadline after which optional table rows are skipped (400)",
+        default=360,
+        help="deadline after which optional table rows are skipped (360)",
     )
-    p.add_argument("--classifier-seconds", type=float, default=20)
-    p.add_argument("--classifier-steps", type=int, default=1500)
-    p.add_argument("--teacher-seconds", type=float, default=170)
+    p.add_argument("--classifier-seconds", type=float, default=25)
+    p.add_argument("--classifier-steps", type=int, default=3000)
+    p.add_argument("--classifier-batch", type=int, default=64)
+    p.add_argument("--teacher-seconds", type=float, default=160)
     p.add_argument("--teacher-steps", type=int, default=100_000)
     p.add_argument("--teacher-batch", type=int, default=128)
     p.add_argument("--teacher-lr", type=float, default=5e-4)
@@ -83,7 +84,7 @@ def parse_args(argv=None):
     )
     p.add_argument("--table-stage3-seconds", type=float, default=12)
     p.add_argument("--table-steps", default="2,8", help="extra student step counts")
-    p.add_argument("--table-stage1-seconds", type=float, default=20)
+    p.add_argument("--table-stage1-seconds", type=float, default=15)
     p.add_argument("--eval-prompts", type=int, default=288, help="clips per setting (2 x 144)")
     p.add_argument("--teacher-eval-steps", type=int, default=50)
     p.add_argument("--time-batch", type=int, default=1, help="batch of the latency timing")
@@ -97,6 +98,7 @@ def parse_args(argv=None):
         for name, value in dict(
             classifier_seconds=8,
             classifier_steps=40,
+            classifier_batch=8,
             teacher_seconds=15,
             teacher_steps=60,
             teacher_batch=8,
@@ -210,7 +212,7 @@ def main(argv=None) -> int:
         classifier,
         world,
         Budget(args.classifier_steps, args.classifier_seconds),
-        TrainConfig(batch=32, lr=2e-3, warmup=50, drop_text=0.0, seed=5),
+        TrainConfig(batch=args.classifier_batch, lr=2e-3, warmup=50, drop_text=0.0, seed=5),
         device,
         log=log,
     )

@@ -27,7 +27,8 @@ def candidates(family: str, layout: VideoLayout) -> list[Pattern]:
     """The family's patterns on this layout, sparsest first, ending with dense."""
     T = layout.grid[0]
     if family == "frame-tiles":
-        pats: list[Pattern] = [FrameTiles(k) for k in range(T)]
+        # k >= T - 1 keeps every pair: that is dense.
+        pats: list[Pattern] = [FrameTiles(k) for k in range(T - 1)]
     elif family == "sta":
         pats = [SlidingTile((w, layout.grid[1], layout.grid[2])) for w in range(1, T, 2)]
     else:
