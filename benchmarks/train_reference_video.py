@@ -21,6 +21,7 @@ import json
 import os
 import platform
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -54,6 +55,12 @@ def parse_args(argv=None):
     p.add_argument("--out", type=Path, required=True)
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--preset", choices=sorted(PRESETS), default="default")
+    p.add_argument(
+        "--work",
+        type=Path,
+        default=None,
+        help="folder for stage files (default a fresh temporary folder)",
+    )
     p.add_argument("--quick", action="store_true", help="tiny sizes, seconds (smoke test)")
     p.add_argument(
         "--total-seconds",
@@ -69,6 +76,7 @@ def parse_args(argv=None):
     p.add_argument("--teacher-batch", type=int, default=128)
     p.add_argument("--teacher-lr", type=float, default=5e-4)
     p.add_argument("--guidances", default="1,1.5,2.5", help="teacher guidance candidates")
+    p.add_argument("--pick-prompts", type=int, default=96, help="clips per guidance candidate")
     p.add_argument("--steps", type=int, default=4, help="student steps (segments)")
     p.add_argument("--ode-steps", type=int, default=48, help="teacher steps in stage 1")
     p.add_argument("--stage1-seconds", type=float, default=50)
@@ -103,6 +111,7 @@ def parse_args(argv=None):
             teacher_steps=60,
             teacher_batch=8,
             guidances="1,2",
+            pick_prompts=8,
             stage1_seconds=6,
             stage1_steps=12,
             stage3_seconds=4,
@@ -251,7 +260,7 @@ def main(argv=None) -> int:
     }
 
     # 3. Guidance: the candidate with the best prompt adherence on a quick 25-step check.
-    attrs_pick = eval_prompts(96 if not args.quick else 8)
+    attrs_pick = eval_prompts(args.pick_prompts)
     real_pick = real_clips(attrs_pick, world, seed=4242)
     picks = {}
     for g in (float(x) for x in args.guidances.split(",")):
@@ -289,7 +298,9 @@ def main(argv=None) -> int:
             checkpoint_every=0,
         )
 
-    work = out / "work"  # stage files; not among the files that come back
+    # Stage files live outside --out: only the eight files above come back from the GPU.
+    work = args.work or Path(tempfile.mkdtemp(prefix="hasten-rv-"))
+    log(f"stage files in {work}")
     main_cfg = distill_config(args.steps, args.threshold, args.stage1_seconds, args.stage3_seconds)
     t = time.monotonic()
     student = stage1(teacher, work / f"s{args.steps}", main_cfg, device, log)

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-DOCS = [ROOT / "README.md", ROOT / "docs" / "attention.md"]
+DOCS = [ROOT / "README.md", ROOT / "docs" / "attention.md", ROOT / "docs" / "reference_video.md"]
 
 
 @pytest.mark.parametrize("path", DOCS, ids=lambda p: p.name)
