@@ -101,3 +101,25 @@ def test_bad_configs_are_rejected_with_the_fix():
         DiTConfig(dim=100, heads=3)
     with pytest.raises(ValueError, match=r"\[B, 5\]"):
         tiny_model()(torch.zeros(1, 3, 8, 32, 32), torch.zeros(1), torch.zeros(1, 3).long())
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("pattern", [Dense(), FrameTiles(1), SlidingTile((3, 1, 1))])
+def test_the_model_on_triton_matches_the_reference_backend(pattern):
+    # bf16 on the fastest backend against the fp32 oracle, relative to the oracle's own bf16
+    # error: the reference backend in bf16 is what PyTorch alone would give.
+    model = tiny_model(cfg=DiTConfig(depth=2)).cuda()
+    model.set_patterns(pattern)
+    x, attrs = sample_clips(2, 0, model.cfg.world, "cuda")
+    t, text = torch.rand(2, device="cuda"), attributes_to_tokens(attrs).cuda()
+
+    def run(backend, dtype):
+        model.set_backend(backend)
+        with torch.no_grad(), torch.autocast("cuda", dtype=dtype, enabled=dtype != torch.float32):
+            return model(x, t, text).float()
+
+    exact = run("reference", torch.float32)
+    ours = (run("auto", torch.bfloat16) - exact).abs().max()
+    torch_err = (run("reference", torch.bfloat16) - exact).abs().max()
+    print(f"auto {ours:.3g}, reference bf16 {torch_err:.3g}")
+    assert ours <= 2 * torch_err + 1e-3

@@ -176,11 +176,10 @@ def _distill(args) -> int:
         checkpoint_every=args.checkpoint_every,
     )
     result = run_pipeline(teacher, args.out, cfg, device)
-    layout = teacher.cfg.layout
     print(f"student         {args.out / 'student.pt'} ({args.steps} steps)")
     print(
         f"strategy        {args.out / 'strategy.json'} "
-        f"(mean density {result['strategy'].density(layout):.2f})"
+        f"(mean density {result['strategy'].density:.2f})"
     )
     print(f"sparse student  {args.out / 'sparse-student.pt'}")
     print(f"loss curves     {result['losses_png']}")

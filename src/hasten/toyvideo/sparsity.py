@@ -59,7 +59,8 @@ class Strategy:
     def patterns(self) -> list[Pattern]:
         return [c.pattern for c in self.layers]
 
-    def density(self, layout: VideoLayout) -> float:
+    @property
+    def density(self) -> float:
         """Mean kept fraction over layers (text included)."""
         return sum(c.density for c in self.layers) / len(self.layers)
 
