@@ -82,6 +82,7 @@ def parse_args(argv=None):
     p.add_argument("--stage1-seconds", type=float, default=50)
     p.add_argument("--stage1-steps", type=int, default=100_000)
     p.add_argument("--threshold", type=float, default=0.05, help="stage 2 r of the main student")
+    p.add_argument("--calibration-prompts", type=int, default=32, help="stage 2 batch (32)")
     p.add_argument("--stage3-seconds", type=float, default=25)
     p.add_argument("--stage3-steps", type=int, default=100_000)
     p.add_argument("--distill-batch", type=int, default=64)
@@ -112,6 +113,7 @@ def parse_args(argv=None):
             teacher_batch=8,
             guidances="1,2",
             pick_prompts=8,
+            calibration_prompts=4,
             stage1_seconds=6,
             stage1_steps=12,
             stage3_seconds=4,
@@ -292,7 +294,7 @@ def main(argv=None) -> int:
             stage1=Budget(args.stage1_steps, s1),
             stage1_train=TrainConfig(**train, seed=1),
             threshold=threshold,
-            calibration_prompts=32 if not args.quick else 4,
+            calibration_prompts=args.calibration_prompts,
             stage3=Budget(args.stage3_steps, s3),
             stage3_train=TrainConfig(**train, seed=2),
             checkpoint_every=0,
