@@ -8,7 +8,10 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-DOCS = [ROOT / "README.md", ROOT / "docs" / "attention.md", ROOT / "docs" / "parallel.md"]
+DOCS = [
+    ROOT / "README.md",
+    *(ROOT / "docs" / name for name in ("attention.md", "parallel.md", "reference_video.md")),
+]
 
 
 @pytest.mark.parametrize("path", DOCS, ids=lambda p: p.name)
