@@ -11,6 +11,7 @@ from hasten import __version__
 def build_parser() -> argparse.ArgumentParser:
     from hasten.attn.cli import add_attn_commands
     from hasten.serve.cli import add_serve_commands
+    from hasten.video.cli import add_calibrate_command, add_video_commands
 
     parser = argparse.ArgumentParser(
         prog="hasten", description="Fast inference for generative models."
@@ -19,6 +20,8 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     add_attn_commands(sub)
     add_serve_commands(sub)
+    add_video_commands(sub)
+    add_calibrate_command(sub)
     return parser
 
 

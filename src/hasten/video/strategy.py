@@ -355,14 +355,18 @@ SCHEMA: dict = {
     "additionalProperties": False,
     "allOf": [
         {
-            "if": {"properties": {"kind": {"const": "sliding-tile"}}},
-            "then": {"required": ["window"]},
-        },
-        {
-            "if": {"properties": {"kind": {"const": "frame-tiles"}}},
-            "then": {"required": ["global_frames"]},
-        },
-        {"if": {"properties": {"kind": {"const": "per-head"}}}, "then": {"required": ["windows"]}},
+            "if": {"properties": {"kind": {"const": kind}}},
+            "then": {
+                "required": sorted(own),
+                "not": {"anyOf": [{"required": [f]} for f in sorted(foreign)]},
+            },
+        }
+        for kind, own, foreign in (
+            ("dense", set(), {"window", "global_frames", "windows"}),
+            ("sliding-tile", {"window"}, {"global_frames", "windows"}),
+            ("frame-tiles", {"global_frames"}, {"window", "windows"}),
+            ("per-head", {"windows"}, {"window", "global_frames"}),
+        )
     ],
     "$defs": {
         "dims": {
@@ -421,7 +425,7 @@ def from_dict(data: Mapping, *, source: str = "strategy") -> Strategy:
                 shape = (data["steps"], data["layers"], data["heads"])
             return PerHeadStrategy.from_entries(data["windows"], shape=shape, **common)
         if kind == "sliding-tile":
-            return SlidingTileStrategy(window=tuple(data["window"]), **common)
+            return SlidingTileStrategy(window=data["window"], **common)
         if kind == "frame-tiles":
             k = data["global_frames"]
             return FrameTileStrategy(global_frames=tuple(k) if isinstance(k, list) else k, **common)
