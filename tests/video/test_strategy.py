@@ -122,7 +122,7 @@ def test_holes_and_shape_mismatch_are_rejected():
 
 def test_model_canvas_and_step_mismatches_are_rejected():
     s = _per_head()
-    with pytest.raises(ValueError, match="3 layers x 2 heads but .* 60 attention layers x 24"):
+    with pytest.raises(ValueError, match=r"3 layers x 2 heads but .* 60 attention layers x 24"):
         s.check_model(60, 24)
     s.check_model(3, 2)
     with pytest.raises(ValueError, match="made for canvas 30x48x80 but the model runs at 21x45x80"):

@@ -1,4 +1,4 @@
-"""``hasten calibrate`` (mask search) and ``hasten video ...`` (presets, strategy checks, schema)."""
+"""``hasten calibrate`` (the mask search) and ``hasten video ...`` (presets, check, schema)."""
 
 from __future__ import annotations
 
