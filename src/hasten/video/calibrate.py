@@ -193,16 +193,26 @@ def select(
 
 
 class _Search:
-    """The recorder: candidates' errors per (step, layer, head) for one run at a time."""
+    """The recorder: candidates' errors per (step, layer, head), handed on step by step.
+
+    A step's errors go to ``on_step`` each time a transformer call has been through every
+    layer, averaged over the calls so far (classifier-free guidance may make two per step),
+    so a run cut short keeps every step it finished.
+    """
 
     def __init__(self, config: CalibrationConfig, layers: int, heads: int, backend: str):
         self.config, self.layers, self.heads, self.backend = config, layers, heads, backend
         self.skip: set[int] = set()
-        self.sums: dict[int, torch.Tensor] = {}
-        self.calls: dict[int, int] = {}
         self.layout: VideoLayout | None = None
         self.on_step: Callable[[int, torch.Tensor], None] | None = None
-        self._open: int | None = None
+        self.start()
+
+    def start(self, skip=()) -> None:
+        """Begin a run; steps in ``skip`` are done already."""
+        self.skip = set(skip)
+        self._step: int | None = None
+        self._sums = torch.zeros(self.layers, len(self.config.candidates), self.heads).double()
+        self._calls = 0
 
     def __call__(self, step, layer, q, k, v, out, layout, text_lengths) -> None:
         c = self.config
@@ -211,11 +221,11 @@ class _Search:
                 f"the run made more than steps={c.steps} denoising steps; set steps to the "
                 f"number of inference steps the run uses"
             )
-        if self._open is not None and step != self._open:
-            self.flush()
         if step < c.dense_steps or step in self.skip:
             return
-        self._open = step
+        if step != self._step:
+            self._step, self._calls = step, 0
+            self._sums.zero_()
         if self.layout is None:
             for w in c.candidates:
                 SlidingTile(w).validate(layout)
@@ -225,28 +235,14 @@ class _Search:
                 f"this run's attention layout ({layout}) differs from the one the search "
                 f"started with ({self.layout}); use one canvas and text length for all runs"
             )
-        errs = torch.empty(len(c.candidates), self.heads, dtype=torch.float64)
         ref = out.detach().float()
         for i, w in enumerate(c.candidates):
             pattern = SlidingTile(w)
             cand = video_attention(q, k, v, layout, pattern, text_lengths, backend=self.backend)
-            errs[i] = ((cand.float() - ref) ** 2).mean(dim=(0, 1, 3)).double().cpu()
-        if step not in self.sums:
-            shape = (self.layers, len(c.candidates), self.heads)
-            self.sums[step] = torch.zeros(shape, dtype=torch.float64)
-            self.calls[step] = 0
-        self.sums[step][layer] += errs
-        self.calls[step] += 1
-
-    def flush(self) -> None:
-        """Hand every finished step's errors (averaged over the calls it made) on."""
-        for step in sorted(self.sums):
-            calls_per_layer = self.calls[step] / self.layers
-            mean = self.sums.pop(step) / calls_per_layer
-            self.calls.pop(step)
-            if self.on_step is not None:
-                self.on_step(step, mean)
-        self._open = None
+            self._sums[layer, i] += ((cand.float() - ref) ** 2).mean(dim=(0, 1, 3)).double().cpu()
+        self._calls += 1
+        if layer == self.layers - 1 and self.on_step is not None:
+            self.on_step(step, self._sums / (self._calls / self.layers))
 
 
 def _load_checkpoint(path: Path | None, fingerprint: dict) -> tuple[dict, VideoLayout | None]:
@@ -309,18 +305,18 @@ def calibrate(
             finished = done.setdefault(p, {})
             if len(finished) == config.searched_steps:
                 continue
-            search.skip = set(finished)
+            search.start(skip=finished)
 
             def keep(step, errs, finished=finished):
-                finished[step] = errs
+                if step not in finished:
+                    bar.update(1)
+                finished[step] = errs.clone()
                 if ck is not None:
                     _save_checkpoint(ck, fp, done, search.layout)
-                bar.update(1)
 
             search.on_step = keep
             runtime.reset()
             run(p)
-            search.flush()
             missing = sorted(set(range(config.dense_steps, config.steps)) - set(finished))
             if missing:
                 raise ValueError(
