@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from inspect import signature
+
 import torch
 import torch.nn.functional as F
 from torch.nn.attention import SDPBackend, sdpa_kernel
@@ -22,11 +24,15 @@ _DENSE_ORDER = [
 ]
 
 
+# Without set_priority (older torch) the list only allows backends, in SDPA's own order.
+_PRIORITY = {"set_priority": True} if "set_priority" in signature(sdpa_kernel).parameters else {}
+
+
 def sdpa(q, k, v, mask=None) -> torch.Tensor:
     """Dense SDPA on ``[B, H, S, D]``, preferring cuDNN on CUDA."""
     if q.device.type != "cuda":
         return F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
-    with sdpa_kernel(_DENSE_ORDER, set_priority=True):
+    with sdpa_kernel(_DENSE_ORDER, **_PRIORITY):
         return F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
 
 

@@ -81,14 +81,29 @@ class Strategy:
         return [(self.dense_steps, layer) for layer in range(layers)]
 
     def sparsity(self, canvas: Dims, layers: int, heads: int, steps: int) -> float:
-        """Mean attention sparsity over ``steps`` x ``layers`` x ``heads`` (dense steps are 0)."""
+        """Mean video attention sparsity over ``steps`` x ``layers`` x ``heads`` (dense
+        steps count as 0)."""
+        known: dict[Pattern, float] = {}
+        total = sum(
+            self.step_sparsity(canvas, layers, heads, s, _known=known) for s in range(steps)
+        )
+        return total / steps
+
+    def step_sparsity(
+        self, canvas: Dims, layers: int, heads: int, step: int, *, _known: dict | None = None
+    ) -> float:
+        """Mean video attention sparsity of one denoising step over its layers and heads."""
+        from hasten.video.attention import head_groups
+
         layout = self.layout(canvas)
+        known = {} if _known is None else _known  # a few distinct windows recur everywhere
         total = 0.0
-        for step in range(steps):
-            for layer in range(layers):
-                s = self.pattern(step, layer).sparsity(layout)
-                total += sum(s) if isinstance(s, list) else s * heads
-        return total / (steps * layers * heads)
+        for layer in range(layers):
+            for rule, hs in head_groups(self.pattern(step, layer), heads):
+                if rule not in known:
+                    known[rule] = float(rule.sparsity(layout))
+                total += known[rule] * (heads if hs is None else len(hs))
+        return total / (layers * heads)
 
     # ---- JSON ------------------------------------------------------------------------------
     def to_dict(self) -> dict:
