@@ -13,6 +13,12 @@ TEXT_DIM = 16
 def _check(model: str) -> None:
     if model not in MODELS:
         raise ValueError(f"unknown model {model!r}; choose one of {list(MODELS)}")
+    try:
+        import diffusers  # noqa: F401
+    except ImportError:
+        raise ImportError(
+            "hasten.video needs diffusers 0.42.1: pip install -e '.[video]'"
+        ) from None
 
 
 def tiny_transformer(
