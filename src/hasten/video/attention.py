@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from inspect import signature
 
 import torch
@@ -58,13 +59,27 @@ def dense_attention(
     out = torch.empty_like(qt)
     valid = layout.video_tokens + text_lengths
     for n in valid.unique().tolist():
-        rows = torch.nonzero(valid == n).squeeze(1).to(q.device)
+        rows = torch.nonzero(valid == n).squeeze(1)
         if len(rows) == q.shape[0]:
             return sdpa(qt, kt[:, :, :n], vt[:, :, :n]).transpose(1, 2)
+        rows = rows.to(q.device)
         sub = (x.index_select(0, rows) for x in (qt, kt, vt))
         qs, ks, vs = sub
         out.index_copy_(0, rows, sdpa(qs, ks[:, :, :n], vs[:, :, :n]))
     return out.transpose(1, 2)
+
+
+@functools.lru_cache(maxsize=64)
+def _order(layout: VideoLayout, device: str, inverse: bool) -> torch.Tensor:
+    # The permutation as a gather index, kept on the device: moving it there on every call
+    # would make each layer wait for the GPU to drain.
+    pos = torch.arange(layout.seq_len)
+    return (layout.from_tiles(pos, dim=0) if inverse else layout.to_tiles(pos, dim=0)).to(device)
+
+
+@functools.lru_cache(maxsize=256)
+def _heads(heads: tuple[int, ...], device: str) -> torch.Tensor:
+    return torch.tensor(heads, device=device)
 
 
 def is_full(pattern: Pattern, layout: VideoLayout) -> bool:
@@ -123,7 +138,11 @@ def video_attention(
     groups = head_groups(pattern, q.shape[2])
     if all(is_full(p, layout) for p, _ in groups):
         return dense_attention(q, k, v, layout, text_lengths)
-    qt, kt, vt = (layout.to_tiles(x, dim=1) for x in (q, k, v))
+    if q.shape[1] != layout.seq_len:
+        raise ValueError(f"{q.shape[1]} tokens do not fit the layout ({layout})")
+    device = str(q.device)
+    to_tiles = _order(layout, device, inverse=False)
+    qt, kt, vt = (x.index_select(1, to_tiles) for x in (q, k, v))
 
     def run(p: Pattern, qs, ks, vs):
         if is_full(p, layout):  # dense attention does not care about the token order
@@ -137,7 +156,7 @@ def video_attention(
     else:
         out = torch.empty_like(qt)
         for p, heads in groups:
-            idx = torch.tensor(heads, device=q.device)
+            idx = _heads(tuple(heads), device)
             sub = (x.index_select(2, idx) for x in (qt, kt, vt))
             out.index_copy_(2, idx, run(p, *sub))
-    return layout.from_tiles(out, dim=1)
+    return out.index_select(1, _order(layout, device, inverse=True))
