@@ -62,6 +62,8 @@ def test_config_rejects_bad_settings():
         _config(dense_steps=3)
     with pytest.raises(ValueError, match="budget is a sparsity in"):
         _config(budget=1.5)
+    with pytest.raises(ValueError, match=r"3 of 4 steps dense \(at most 0.250\)"):
+        _config(steps=4, dense_steps=3, budget=0.3)
     with pytest.raises(ValueError, match="repeat a window"):
         _config(candidates=((1, 1, 1), (1, 1, 1)))
 

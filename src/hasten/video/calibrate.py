@@ -61,6 +61,13 @@ class CalibrationConfig:
             raise ValueError(f"prompts must be >= 1, got {self.prompts}")
         if self.budget is not None and not 0 < self.budget < 1:
             raise ValueError(f"budget is a sparsity in (0, 1), e.g. 0.58; got {self.budget}")
+        if self.budget is not None and self.budget >= self.searched_steps / self.steps:
+            # Dense steps count as 0: no window can make up for them (checked before running).
+            raise ValueError(
+                f"budget {self.budget} cannot be reached with {self.dense_steps} of "
+                f"{self.steps} steps dense (at most {self.searched_steps / self.steps:.3f}); "
+                f"lower it or use fewer dense steps"
+            )
 
     @property
     def searched_steps(self) -> int:
