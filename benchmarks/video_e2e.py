@@ -141,7 +141,7 @@ def build(case: ModelCase, device: torch.device, dtype: torch.dtype) -> torch.nn
 
         c = model.config
         model.rope = WanRotaryPosEmbed(c.attention_head_dim, c.patch_size, c.rope_max_seq_len)
-        model.rope.to(device)
+        model.rope.to(device=device, dtype=torch.float32)  # float64 by default: needless
     return model.eval()
 
 
