@@ -12,6 +12,7 @@ def build_parser() -> argparse.ArgumentParser:
     from hasten.attn.cli import add_attn_commands
     from hasten.serve.cli import add_serve_commands
     from hasten.toyvideo.cli import add_toyvideo_commands
+    from hasten.video.cli import add_calibrate_command, add_video_commands
 
     parser = argparse.ArgumentParser(
         prog="hasten", description="Fast inference for generative models."
@@ -21,6 +22,8 @@ def build_parser() -> argparse.ArgumentParser:
     add_attn_commands(sub)
     add_serve_commands(sub)
     add_toyvideo_commands(sub)
+    add_video_commands(sub)
+    add_calibrate_command(sub)
     return parser
 
 
