@@ -136,5 +136,14 @@ class SparseAttention(nn.Module):
             backend=self.backend,
         )
 
+    def replace(self, *, pattern: Pattern | None = None, backend: str | None = None):
+        """A module like this one with another pattern or backend (subclasses keep theirs)."""
+        return type(self)(
+            self.layout,
+            self.pattern if pattern is None else pattern,
+            scale=self.scale,
+            backend=self.backend if backend is None else backend,
+        )
+
     def extra_repr(self) -> str:
         return f"layout=({self.layout}), pattern={self.pattern!r}, backend={self.backend!r}"

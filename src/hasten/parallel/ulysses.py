@@ -37,11 +37,15 @@ def check_heads(heads: int, world_size: int) -> None:
 def _all_to_all(x: torch.Tensor, send: list[int], recv: list[int], group) -> torch.Tensor:
     """Flat all-to-all with autograd: ``send[j]`` elements of ``x`` go to rank ``j``."""
     out = x.new_empty(sum(recv))
-    # The public autograd collective warns that it will move to the private
-    # _functional_collectives module; it is the one API of torch 2.11-2.14 that is public.
+    return _quiet(dist_fn.all_to_all_single, out, x, recv, send, group=group)
+
+
+def _quiet(collective, *args, **kwargs):
+    # The public autograd collectives warn that they will move to the private
+    # _functional_collectives module; they are the one API of torch 2.11-2.14 that is public.
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", FutureWarning)
-        return dist_fn.all_to_all_single(out, x, recv, send, group=group)
+        return collective(*args, **kwargs)
 
 
 def seq_to_heads(x: torch.Tensor, plan: ShardPlan, group=None) -> torch.Tensor:
@@ -133,7 +137,7 @@ def gather_sequence(x: torch.Tensor, plan: ShardPlan, group=None, dim: int = -2)
     pad = list(x.shape)
     pad[dim] = longest - x.shape[dim]
     padded = torch.cat([x, x.new_zeros(pad)], dim=dim) if pad[dim] else x
-    parts = dist_fn.all_gather(padded.contiguous(), group=group)
+    parts = _quiet(dist_fn.all_gather, padded.contiguous(), group=group)
     return torch.cat([p.narrow(dim, 0, s) for p, s in zip(parts, plan.sizes, strict=True)], dim)
 
 
@@ -170,6 +174,16 @@ class UlyssesAttention(nn.Module):
             text_lengths=text_lengths,
             scale=self.scale,
             backend=self.backend,
+        )
+
+    def replace(self, *, pattern: Pattern | None = None, backend: str | None = None):
+        """The same exchange with another pattern or backend (what models' setters call)."""
+        return UlyssesAttention(
+            self.layout,
+            self.pattern if pattern is None else pattern,
+            group=self.group,
+            scale=self.scale,
+            backend=self.backend if backend is None else backend,
         )
 
     def extra_repr(self) -> str:

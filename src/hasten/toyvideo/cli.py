@@ -46,6 +46,13 @@ def add_toyvideo_commands(sub) -> None:
     g.add_argument("--seed", type=int, default=0)
     g.add_argument("--samples", type=int, default=1, help="clips side by side (default 1)")
     g.add_argument("--device", default="cpu")
+    g.add_argument(
+        "--nproc",
+        type=int,
+        default=1,
+        help="Ulysses sequence parallelism over N local processes (gloo on CPU, NCCL on "
+        "CUDA, one GPU each); the model's heads must divide among them (default 1)",
+    )
     g.add_argument("-o", "--out", type=Path, default=Path("out.gif"), help=".gif or .mp4")
     g.set_defaults(func=_generate)
 
@@ -111,6 +118,50 @@ def attention_from_args(args, n_layers: int) -> list[Pattern] | None:
 
 
 def _generate(args) -> int:
+    from hasten.toyvideo.world import parse_prompt
+
+    parse_prompt(args.prompt)  # bad prompts fail here, before any process starts
+    if args.samples < 1:
+        raise ValueError(f"--samples must be >= 1, got {args.samples}")
+    if args.nproc < 1:
+        raise ValueError(f"--nproc must be >= 1, got {args.nproc}")
+    if args.nproc == 1:
+        return _generate_rank(args)
+    import socket
+
+    import torch.multiprocessing as mp
+
+    from hasten.parallel.ulysses import check_heads
+    from hasten.toyvideo.checkpoint import load_model, resolve
+
+    model, _ = load_model(resolve(args.model), "cpu")
+    check_heads(model.cfg.heads, args.nproc)
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    mp.spawn(_generate_worker, args=(args, port), nprocs=args.nproc)
+    return 0
+
+
+def _generate_worker(rank: int, args, port: int) -> None:
+    import os
+
+    import torch
+    import torch.distributed as dist
+
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    cuda = args.device.startswith("cuda")
+    if cuda:
+        torch.cuda.set_device(rank)
+        args.device = f"cuda:{rank}"
+    dist.init_process_group("nccl" if cuda else "gloo", rank=rank, world_size=args.nproc)
+    try:
+        _generate_rank(args, rank=rank)
+    finally:
+        dist.destroy_process_group()
+
+
+def _generate_rank(args, rank: int = 0) -> int:
     import torch
 
     from hasten.toyvideo.checkpoint import load_model, resolve
@@ -118,11 +169,14 @@ def _generate(args) -> int:
     from hasten.toyvideo.world import parse_prompt
 
     attrs = parse_prompt(args.prompt)
-    if args.samples < 1:
-        raise ValueError(f"--samples must be >= 1, got {args.samples}")
     torch.set_num_threads(max(1, min(torch.get_num_threads(), 4)))
     t0 = time.perf_counter()
     model, meta = load_model(resolve(args.model), args.device)
+    if args.nproc > 1:
+        from hasten.parallel import sequence_parallel
+
+        # Every rank samples the same noise (same seed); only the blocks are sharded.
+        sequence_parallel(model.blocks, model.cfg.layout, heads=model.cfg.heads)
     patterns = attention_from_args(args, len(model.blocks))
     if patterns is not None:
         model.set_patterns(patterns)
@@ -134,6 +188,8 @@ def _generate(args) -> int:
     t1, c1 = time.perf_counter(), time.process_time()
     clips = generate(model, attrs[None].repeat(args.samples, 1), steps, guidance, seed=args.seed)
     t_gen, c_gen = time.perf_counter() - t1, time.process_time() - c1
+    if rank:
+        return 0
     path = write_video(clips, args.out)
     layout = model.cfg.layout
     density = sum(float(p.density(layout)) for p in model.patterns) / len(model.patterns)
@@ -145,7 +201,8 @@ def _generate(args) -> int:
         f"attention  {', '.join(sorted({type(p).__name__ for p in model.patterns}))}, "
         f"mean density {density:.2f}"
     )
-    print(f"steps      {steps}, guidance {guidance:g}, device {args.device}")
+    par = f", {args.nproc} processes (Ulysses)" if args.nproc > 1 else ""
+    print(f"steps      {steps}, guidance {guidance:g}, device {args.device}{par}")
     print(f"load       {t_load:.2f} s")
     # CPU time beside wall time: on a shared machine the wall clock also counts waiting.
     print(f"generate   {t_gen:.2f} s ({1000 * t_gen / steps:.0f} ms/step), CPU time {c_gen:.2f} s")

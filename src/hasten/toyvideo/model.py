@@ -173,12 +173,13 @@ class VideoDiT(nn.Module):
                 f"got {len(patterns)} patterns for {len(self.blocks)} layers; give one per "
                 f"layer or a single pattern"
             )
+        # replace() keeps the attention module's kind (e.g. sequence-parallel).
         for b, p in zip(self.blocks, patterns, strict=True):
-            b.attn = SparseAttention(self.cfg.layout, p, backend=b.attn.backend)
+            b.attn = b.attn.replace(pattern=p)
 
     def set_backend(self, backend: str) -> None:
         for b in self.blocks:
-            b.attn = SparseAttention(self.cfg.layout, b.attn.pattern, backend=backend)
+            b.attn = b.attn.replace(backend=backend)
 
     # ---- patchify ----------------------------------------------------------------------
     def patchify(self, x: torch.Tensor) -> torch.Tensor:
