@@ -20,12 +20,12 @@ if os.environ.get("CI") == "true":
 else:
     vllm = pytest.importorskip("vllm")
 
-from vllm import SamplingParams  # noqa: E402
-from vllm.engine.arg_utils import EngineArgs  # noqa: E402
-from vllm.inputs import TokensPrompt  # noqa: E402
-from vllm.v1.engine.llm_engine import LLMEngine  # noqa: E402
+from vllm import SamplingParams
+from vllm.engine.arg_utils import EngineArgs
+from vllm.inputs import TokensPrompt
+from vllm.v1.engine.llm_engine import LLMEngine
 
-from hasten.serve.serve_cli import SCHEDULER_CLS  # noqa: E402
+from hasten.serve.serve_cli import SCHEDULER_CLS
 
 LONG = "Explain how a scheduler orders requests. " * 12
 SHORT = "hello world"

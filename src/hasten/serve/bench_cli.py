@@ -1,4 +1,4 @@
-"""``hasten bench serve``: replay a trace against a server, or against FCFS and LTR servers in turn."""
+"""``hasten bench serve``: replay a trace against one server, or FCFS and LTR servers in turn."""
 
 from __future__ import annotations
 
@@ -102,14 +102,16 @@ def _bench_serve(args) -> int:
     progress = not args.no_progress
 
     def load(url: str) -> dict:
-        cfg = LoadConfig(url, model=args.served_model, endpoint=args.endpoint, timeout_s=args.timeout)
+        cfg = LoadConfig(
+            url, model=args.served_model, endpoint=args.endpoint, timeout_s=args.timeout
+        )
         return run_load(requests, cfg, progress=progress)
 
     if args.url:
         report["runs"].append({"policy": "as served", **load(args.url)})
     else:
-        from hasten.serve.server import ServerProcess
         from hasten.serve.serve_cli import _cuda
+        from hasten.serve.server import ServerProcess
 
         cuda = _cuda()
         logs = (args.out.parent if args.out else Path(".")) / "bench-serve-logs"
@@ -223,5 +225,6 @@ def print_report(rep: dict) -> None:
         base = rows[0]["policy"]
         print(f"per-token latency, {base} / policy (higher = better than {base}):")
         for row in rows[1:]:
-            print(f"  {row['policy']:14} mean {_fmt(row['mean_speedup'])}x, P90 {_fmt(row['p90_speedup'])}x")
+            mean, p90 = _fmt(row["mean_speedup"]), _fmt(row["p90_speedup"])
+            print(f"  {row['policy']:14} mean {mean}x, P90 {p90}x")
     print("(seconds; ptl = per-token latency = end-to-end latency / output tokens)")

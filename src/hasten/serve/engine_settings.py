@@ -39,7 +39,7 @@ class EngineSchedulerConfig:
 
     policy: str = "ltr-starvation"
     ranker: str = "default"
-    starvation: tuple[int, int] | None | str = POLICY_DEFAULT
+    starvation: tuple[int, int] | str | None = POLICY_DEFAULT
     ranker_device: str | None = None
 
     def __post_init__(self) -> None:

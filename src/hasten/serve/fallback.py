@@ -1,4 +1,4 @@
-"""Scoring that never stops a server: requests the ranker cannot score are ranked by prompt length."""
+"""Scoring that never stops a server: what the ranker cannot score is ranked by prompt length."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from hasten.serve.request import Request
 
 
 def prompt_length_scores(requests: Sequence[Request]) -> list[float]:
-    """``-log(1 + prompt tokens)``: a shorter prompt ranks ahead (higher = shorter, as the ranker)."""
+    """``-log(1 + prompt tokens)``: shorter prompts rank ahead (higher = shorter, as the ranker)."""
     return [-math.log1p(r.prompt_tokens) for r in requests]
 
 
@@ -69,7 +69,9 @@ class FallbackScorer:
         if len(readable) < len(requests):
             keep = set(readable)
             ids = [r.id for i, r in enumerate(requests) if i not in keep]
-            self.log(f"no prompt text to rank for {len(ids)} request(s) {ids[:3]}; by prompt length")
+            self.log(
+                f"no prompt text to rank for {len(ids)} request(s) {ids[:3]}; by prompt length"
+            )
         for i, s in zip(readable, self._try([requests[i] for i in readable]), strict=True):
             scores[i] = s
         good = [s for s in scores if s is not None]

@@ -114,7 +114,9 @@ def request_body(request: Request, cfg: LoadConfig, model: str) -> dict[str, Any
 
 def _has_token(chunk: dict) -> bool:
     for choice in chunk.get("choices") or ():
-        piece = choice.get("text") if "text" in choice else (choice.get("delta") or {}).get("content")
+        piece = (
+            choice.get("text") if "text" in choice else (choice.get("delta") or {}).get("content")
+        )
         if piece:
             return True
     return False
@@ -155,7 +157,7 @@ async def _send(session, cfg: LoadConfig, model: str, request: Request, t0: floa
                 if first is None and _has_token(chunk):
                     first = loop.time() - t0
                 usage = chunk.get("usage") or usage
-    except (aiohttp.ClientError, asyncio.TimeoutError, json.JSONDecodeError) as e:
+    except (TimeoutError, aiohttp.ClientError, json.JSONDecodeError) as e:
         return Outcome(**base, ok=False, error=f"{type(e).__name__}: {e}")
     finish = loop.time() - t0
     got = usage.get("completion_tokens")

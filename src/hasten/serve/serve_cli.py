@@ -36,7 +36,7 @@ class ServeConfig:
     model: str | None = None
     policy: str = "ltr-starvation"
     ranker: str = "default"
-    starvation: tuple[int, int] | None | str = POLICY_DEFAULT
+    starvation: tuple[int, int] | str | None = POLICY_DEFAULT
     host: str = "127.0.0.1"
     port: int = 8000
     max_num_seqs: int | None = None
