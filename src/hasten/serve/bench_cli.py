@@ -49,6 +49,12 @@ def add_bench_commands(sub) -> None:
         help=f"recorded output lengths to force (default {DEFAULT_LENGTHS})",
     )
     wl.add_argument("--seed", type=int, default=0, help="seed of the arrival draws (0)")
+    wl.add_argument(
+        "--skip",
+        type=int,
+        default=0,
+        help="leave out the trace's first N requests, e.g. those the ranker was trained on",
+    )
     from hasten.serve.simulate_cli import add_arrival_args
 
     add_arrival_args(p, default_burst=DEFAULT_BURST)
@@ -83,6 +89,9 @@ def _bench_serve(args) -> int:
         # Validated now, before a minute of workload loading and server start-up.
         cfgs = [serve_config(args, p, port=free_port()) for p in _policies(args.policies)]
     workload = load_workload(args.trace, args.lengths)
+    if not 0 <= args.skip < len(workload):
+        raise ValueError(f"--skip {args.skip} leaves nothing of {len(workload)} requests")
+    workload = dataclasses.replace(workload, requests=workload.requests[args.skip :])
     if args.burst is None and args.rate is None and not args.replay:
         args.burst = min(DEFAULT_BURST, len(workload))
     requests, arrivals = _arrivals(args, workload)
@@ -96,7 +105,9 @@ def _bench_serve(args) -> int:
             "output_tokens": sum(r.output_tokens for r in requests),
         },
         "arrivals": arrivals.describe(),
+        "skipped": args.skip,
         "host": _host(),
+        "ranker": _ranker_quality(requests, cfgs, progress=not args.no_progress),
         "runs": [],
     }
     progress = not args.no_progress
@@ -129,6 +140,20 @@ def _bench_serve(args) -> int:
         print(f"wrote {args.out}", file=sys.stderr)
     print_report(report)
     return 0 if all(r["lost"] == 0 for r in report["runs"]) else 1
+
+
+def _ranker_quality(requests, cfgs, *, progress: bool) -> dict | None:
+    """Kendall tau-b of the servers' ranker on these requests (what ltr could gain)."""
+    rankers = {c.ranker for c in cfgs if c.policy.startswith("ltr")}
+    if len(rankers) != 1 or "prompt-length" in rankers:
+        return None
+    from hasten.serve.scorers import ranker_scores
+
+    ranker = rankers.pop()
+    if progress:
+        print(f"scoring {len(requests)} prompts with ranker {ranker}", file=sys.stderr)
+    table = ranker_scores(requests, ranker)
+    return {"ranker": ranker, "tau_b": table.tau_b(requests), "n": len(requests)}
 
 
 def _server_dict(cfg) -> dict:
@@ -203,6 +228,9 @@ def print_report(rep: dict) -> None:
         f"{wl['requests']} requests of {wl['trace']} (lengths {wl['lengths']}), "
         f"arrivals {rep['arrivals']}, {wl['output_tokens']:,} output tokens"
     )
+    if rep.get("ranker"):
+        r = rep["ranker"]
+        print(f"ranker {r['ranker']}: tau-b {_fmt(r['tau_b'])} on these requests (n={r['n']})")
     head = f"{'policy':16}{'finished':>9}{'lost':>6}{'ptl mean':>10}{'ptl P90':>10}"
     head += f"{'TTFT mean':>11}{'TPOT mean':>11}{'e2e mean':>10}{'tok/s':>8}{'preempt':>9}"
     print(head)
