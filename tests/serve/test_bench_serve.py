@@ -149,13 +149,33 @@ def tiny_server(tiny_llm, tmp_path_factory):
         yield server
 
 
+def small_trace(tmp_path, n: int) -> tuple[Path, Path]:
+    """ShareGPT prompts cut short and their recorded lengths capped at 64 tokens.
+
+    The tiny model's 512-token tokenizer makes long prompts several thousand tokens.
+    """
+    from hasten.serve.sweep import load_workload
+
+    requests = load_workload("sharegpt", LENGTHS).requests[400 : 400 + n]
+    prompts, lengths = tmp_path / "prompts.jsonl", tmp_path / "lengths.jsonl"
+    with prompts.open("w") as p, lengths.open("w") as ln:
+        for r in requests:
+            p.write(json.dumps({"id": r.id, "prompt": r.prompt[:300]}) + "\n")
+            row = {"id": r.id, "sample": 0, "prompt_tokens": 0}
+            ln.write(json.dumps({**row, "output_tokens": min(r.output_tokens, 64)}) + "\n")
+    return prompts, lengths
+
+
 def test_bench_replays_a_trace_against_the_server(tiny_server, tmp_path, capsys):
     out = tmp_path / "bench.json"
-    argv = ["bench", "serve", "--url", tiny_server.cfg.url, "--lengths", str(LENGTHS)]
-    argv += ["--burst", "8", "--skip", "400", "--out", str(out), "--no-progress"]
-    assert main(argv) == 0
+    prompts, lengths = small_trace(tmp_path, 8)
+    argv = ["bench", "serve", "--url", tiny_server.cfg.url]
+    argv += ["--trace", str(prompts), "--lengths", str(lengths)]
+    argv += ["--burst", "8", "--out", str(out), "--no-progress"]
+    code = main(argv)
     rep = json.loads(out.read_text())
     (run,) = rep["runs"]
+    assert code == 0, run["errors"]
     assert (run["requests"], run["finished"], run["lost"]) == (8, 8, 0)
     assert rep["workload"]["output_tokens"] == sum(r["output_tokens"] for r in run["per_request"])
     for r in run["per_request"]:

@@ -116,7 +116,11 @@ def _bench_serve(args) -> int:
         cfg = LoadConfig(
             url, model=args.served_model, endpoint=args.endpoint, timeout_s=args.timeout
         )
-        return run_load(requests, cfg, progress=progress)
+        before = os.getloadavg()
+        run = run_load(requests, cfg, progress=progress)
+        # Other work on the machine competes with server and client: keep a trace of it.
+        run["load_average"] = {"before": before, "after": os.getloadavg()}
+        return run
 
     if args.url:
         report["runs"].append({"policy": "as served", **load(args.url)})

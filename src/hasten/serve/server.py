@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import socket
@@ -96,16 +97,20 @@ class ServerProcess:
         proc = self.proc
         if proc is None or proc.poll() is not None:
             return
-        for sig, wait in ((signal.SIGINT, self.stop_timeout), (signal.SIGKILL, 10.0)):
-            try:
-                os.killpg(proc.pid, sig)
-            except ProcessLookupError:
-                return
-            try:
-                proc.wait(timeout=wait)
-                return
-            except subprocess.TimeoutExpired:
-                continue
+        try:
+            self._signal(signal.SIGINT)
+            proc.wait(timeout=self.stop_timeout)
+        except subprocess.TimeoutExpired:
+            pass
+        finally:
+            # Also when interrupted while waiting: never leave a server behind.
+            if proc.poll() is None:
+                self._signal(signal.SIGKILL)
+                proc.wait(timeout=30)
+
+    def _signal(self, sig: int) -> None:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(self.proc.pid, sig)
 
     def log_tail(self, lines: int = 30) -> str:
         try:
