@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -116,3 +116,32 @@ def fill_batch(
             promoted_evict=True,
         )
     return Batch(scheduled=tuple(scheduled), evicted=tuple(evicted))
+
+
+def displacements(
+    ranked: Sequence[Job],
+    running: Collection[Job],
+    waiting: Collection[Job],
+    slots: int,
+) -> list[Job]:
+    """Running jobs to preempt so that the best-ranked ``slots`` jobs can all run.
+
+    For an engine that schedules its running requests first and admits waiting ones into
+    free sequence slots (vLLM V1): ``ranked`` is every live job in rank order, ``running``
+    those that hold a slot, ``waiting`` those that could be admitted now. A waiting job
+    among the best ``slots`` of ``running | waiting`` displaces the lowest-ranked running
+    job outside them, but only when no free slot is left for it. Returned lowest-ranked
+    first; nothing is preempted for a job that could not take the slot it frees.
+    """
+    if slots < 0:
+        raise ValueError(f"slots must be >= 0, got {slots}")
+    candidates = [job for job in ranked if job in running or job in waiting]
+    top = candidates[:slots]
+    entering = sum(1 for job in top if job not in running)
+    free = max(slots - len(running), 0)
+    need = entering - free
+    if need <= 0:
+        return []
+    chosen = set(top)
+    outside = [job for job in reversed(candidates) if job in running and job not in chosen]
+    return outside[:need]

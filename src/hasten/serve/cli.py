@@ -314,6 +314,10 @@ def _data_provenance(args, fraction: float, n_train: int, n_test: int) -> dict:
 def add_serve_commands(sub: argparse._SubParsersAction) -> None:
     add_trace_commands(sub)
     add_rank_commands(sub)
+    from hasten.serve.bench_cli import add_bench_commands
+    from hasten.serve.serve_cli import add_serve_command
     from hasten.serve.simulate_cli import add_simulate_commands
 
     add_simulate_commands(sub)
+    add_serve_command(sub)
+    add_bench_commands(sub)

@@ -131,19 +131,9 @@ def _common_args(p: argparse.ArgumentParser) -> None:
     )
 
 
-def add_simulate_commands(sub: argparse._SubParsersAction) -> None:
-    from hasten.serve.policies import policy_names
-
-    names = ", ".join(policy_names())
-    s = sub.add_parser(
-        "simulate",
-        help="replay a trace through the simulated engine under a scheduling policy",
-        description=_SIMULATE_HELP,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
-    s.add_argument("--policy", default="fcfs", help=f"one of: {names} (default fcfs)")
-    _common_args(s)
-    arr = s.add_argument_group("arrivals (one of; default --burst)")
+def add_arrival_args(p: argparse.ArgumentParser, *, default_burst: int) -> None:
+    """The arrival options :func:`_arrivals` reads (``simulate`` and ``bench serve``)."""
+    arr = p.add_argument_group("arrivals (one of; default --burst)")
     when = arr.add_mutually_exclusive_group()
     when.add_argument("--rate", type=float, default=None, help="Poisson arrivals at R requests/s")
     when.add_argument(
@@ -151,7 +141,7 @@ def add_simulate_commands(sub: argparse._SubParsersAction) -> None:
         type=int,
         default=None,
         metavar="N",
-        help=f"the first N requests at t=0 (default {DEFAULT_BURST:,}, or the whole trace "
+        help=f"the first N requests at t=0 (default {default_burst:,}, or the whole trace "
         "when shorter)",
     )
     when.add_argument("--replay", action="store_true", help="the trace's recorded arrival times")
@@ -174,6 +164,21 @@ def add_simulate_commands(sub: argparse._SubParsersAction) -> None:
     arr.add_argument(
         "--speedup", type=float, default=1.0, help="with --replay: divide arrival times by S"
     )
+
+
+def add_simulate_commands(sub: argparse._SubParsersAction) -> None:
+    from hasten.serve.policies import policy_names
+
+    names = ", ".join(policy_names())
+    s = sub.add_parser(
+        "simulate",
+        help="replay a trace through the simulated engine under a scheduling policy",
+        description=_SIMULATE_HELP,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    s.add_argument("--policy", default="fcfs", help=f"one of: {names} (default fcfs)")
+    _common_args(s)
+    add_arrival_args(s, default_burst=DEFAULT_BURST)
     s.add_argument(
         "--starvation",
         type=_starvation,
