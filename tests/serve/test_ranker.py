@@ -72,6 +72,12 @@ def tiny_encoder(tmp_path_factory):
     return make_tiny_encoder(tmp_path_factory.mktemp("tiny-bert"))
 
 
+@pytest.fixture(autouse=True)
+def _own_cache(tmp_path, monkeypatch):
+    # `hasten rank train` caches embeddings; keep them out of the user's cache.
+    monkeypatch.setenv("HASTEN_CACHE", str(tmp_path / "cache"))
+
+
 def synthetic_requests(n: int, seed: int) -> list[Request]:
     """Prompts whose answer length grows with how often ``w0`` appears (plus noise)."""
     rng = random.Random(seed)

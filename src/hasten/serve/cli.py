@@ -208,9 +208,20 @@ def _rank_train(args) -> int:
         batch_size=args.batch_size,
     )
     print(f"{len(requests)} labelled prompts: {len(train)} train, {len(test)} held out")
-    ranker = train_ranker(
-        train, cfg, ranker=RankerConfig(args.encoder, args.max_tokens), device=args.device
-    )
+    rcfg = RankerConfig(args.encoder, args.max_tokens)
+    embeddings = None
+    if args.mode == "head" and args.loss != "classify":
+        # A frozen encoder embeds each prompt once ever (the cache is shared with crossfit).
+        from hasten.serve.embed_cache import cached_embed
+        from hasten.serve.ranker import Ranker
+
+        ranker = Ranker.new(rcfg, device=args.device, seed=args.seed)
+        embeddings = cached_embed(
+            ranker, [r.prompt for r in train], batch_size=args.batch_size, progress=True
+        )
+    else:
+        ranker = rcfg
+    ranker = train_ranker(train, cfg, ranker=ranker, device=args.device, embeddings=embeddings)
     report = held_out_report(ranker, test, args.lengths, batch_size=args.batch_size)
     ranker.provenance["data"] = _data_provenance(args, fraction, len(train), len(test))
     ranker.provenance["held_out"] = report
