@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import torch
 
 from hasten.toyvideo.flow import Velocity, guided, interpolate, time_grid
-from hasten.toyvideo.loop import Budget, Checkpointed, run_loop
+from hasten.toyvideo.loop import Budget, Checkpointed, optimizer_step, run_loop
 from hasten.toyvideo.model import VideoDiT
 from hasten.toyvideo.train import TrainConfig, autocast, batch_seed, make_optimizer
 from hasten.toyvideo.world import attributes_to_tokens, sample_clips
@@ -119,11 +119,7 @@ def distill_consistency(
                 target = consistency_target(teacher_v, target_net, x_t, t, dt, cc.segments, text)
             v = student(x_t, t, text)
             loss = (v.float() - target.float()).pow(2).mean()
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(student.parameters(), cfg.grad_clip)
-        opt.step()
-        sched.step()
+        optimizer_step(loss, student, opt, sched, cfg.grad_clip)
         return loss
 
     parts = Checkpointed(checkpoint, student=student, opt=opt, sched=sched)

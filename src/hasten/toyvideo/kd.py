@@ -12,7 +12,7 @@ import torch
 from hasten.attn import Pattern
 from hasten.toyvideo.consistency import student_times
 from hasten.toyvideo.flow import interpolate
-from hasten.toyvideo.loop import Budget, Checkpointed, run_loop
+from hasten.toyvideo.loop import Budget, Checkpointed, optimizer_step, run_loop
 from hasten.toyvideo.model import VideoDiT
 from hasten.toyvideo.train import TrainConfig, autocast, batch_seed, make_optimizer
 from hasten.toyvideo.world import attributes_to_tokens, sample_clips
@@ -82,11 +82,7 @@ def distill_sparse(
         x_t = interpolate(x0, torch.randn_like(x0), t)
         with autocast(device):
             loss = kd_loss(sparse, dense, x_t, t, text, attention_weight)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(sparse.parameters(), cfg.grad_clip)
-        opt.step()
-        sched.step()
+        optimizer_step(loss, sparse, opt, sched, cfg.grad_clip)
         return loss
 
     parts = Checkpointed(checkpoint, student=sparse, opt=opt, sched=sched)

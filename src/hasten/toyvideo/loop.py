@@ -11,6 +11,15 @@ import torch
 from tqdm.auto import tqdm
 
 
+def optimizer_step(loss, model, opt, sched, grad_clip: float) -> None:
+    """One update: backward, clip the gradient norm, step the optimizer and its schedule."""
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
+    opt.step()
+    sched.step()
+
+
 @dataclass(frozen=True)
 class Budget:
     """At most ``steps`` optimizer steps and, if given, ``seconds`` of wall clock per call."""

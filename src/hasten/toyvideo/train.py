@@ -10,7 +10,7 @@ import torch
 
 from hasten.toyvideo.checkpoint import EMA
 from hasten.toyvideo.flow import flow_matching_loss
-from hasten.toyvideo.loop import Budget, Checkpointed, run_loop
+from hasten.toyvideo.loop import Budget, Checkpointed, optimizer_step, run_loop
 from hasten.toyvideo.metric import ClipClassifier, classifier_loss
 from hasten.toyvideo.model import VideoDiT
 from hasten.toyvideo.world import WorldConfig, attributes_to_tokens, sample_clips
@@ -107,11 +107,7 @@ def train_teacher(
         text = torch.where(drop[:, None], torch.zeros_like(text), text).to(device)
         with autocast(device):
             loss = flow_matching_loss(model, x, text)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
-        opt.step()
-        sched.step()
+        optimizer_step(loss, model, opt, sched, cfg.grad_clip)
         ema.update(model, step)
         return loss
 
