@@ -67,7 +67,13 @@ def smollm2_checkpoint(*, log=print) -> Path:
             model.save_pretrained(tmp)
             tokenizer.save_pretrained(tmp)
             bar.update()
-        tmp.rename(target)
+        try:
+            tmp.rename(target)
+        except OSError:
+            # Another process converted it meanwhile (two servers starting at once): theirs
+            # is as good as ours.
+            if not (target / "config.json").exists():
+                raise
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return target
