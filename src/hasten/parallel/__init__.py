@@ -6,8 +6,19 @@ from hasten.parallel.ulysses import UlyssesAttention, ulysses_attention
 
 __all__ = [
     "SequenceParallel",
+    "TransformerParallel",
     "ShardPlan",
     "UlyssesAttention",
     "sequence_parallel",
+    "sequence_parallel_transformer",
     "ulysses_attention",
 ]
+
+
+def __getattr__(name: str):
+    # The diffusers side imports diffusers: only when it is asked for.
+    if name in ("TransformerParallel", "sequence_parallel_transformer"):
+        from hasten.parallel import video
+
+        return getattr(video, name)
+    raise AttributeError(f"module 'hasten.parallel' has no attribute {name!r}")

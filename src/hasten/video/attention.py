@@ -143,6 +143,23 @@ def video_attention(
     device = str(q.device)
     to_tiles = _order(layout, device, inverse=False)
     qt, kt, vt = (x.index_select(1, to_tiles) for x in (q, k, v))
+    out = tiled_attention(qt, kt, vt, layout, pattern, text_lengths, backend=backend)
+    return out.index_select(1, _order(layout, device, inverse=True))
+
+
+def tiled_attention(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    layout: VideoLayout,
+    pattern: Pattern,
+    text_lengths: torch.Tensor | None = None,
+    *,
+    backend: str = "auto",
+) -> torch.Tensor:
+    """:func:`video_attention` for ``[B, S, H, D]`` tensors already in tile-major order."""
+    if q.shape[1] != layout.seq_len:
+        raise ValueError(f"{q.shape[1]} tokens do not fit the layout ({layout})")
 
     def run(p: Pattern, qs, ks, vs):
         if is_full(p, layout):  # dense attention does not care about the token order
@@ -151,12 +168,12 @@ def video_attention(
         out = sparse_attention(*args, layout, p, text_lengths=text_lengths, backend=backend)
         return out.transpose(1, 2)
 
+    groups = head_groups(pattern, q.shape[2])
     if len(groups) == 1:
-        out = run(groups[0][0], qt, kt, vt)
-    else:
-        out = torch.empty_like(qt)
-        for p, heads in groups:
-            idx = _heads(tuple(heads), device)
-            sub = (x.index_select(2, idx) for x in (qt, kt, vt))
-            out.index_copy_(2, idx, run(p, *sub))
-    return out.index_select(1, _order(layout, device, inverse=True))
+        return run(groups[0][0], q, k, v)
+    out = torch.empty_like(q)
+    for p, heads in groups:
+        idx = _heads(tuple(heads), str(q.device))
+        sub = (x.index_select(2, idx) for x in (q, k, v))
+        out.index_copy_(2, idx, run(p, *sub))
+    return out

@@ -61,6 +61,9 @@ class SparseRuntime:
         self.recorder: Recorder | None = None
         #: ``(step, layer, pattern)`` of every attention call while it is a list (for checks).
         self.trace: list | None = None
+        #: Set by :func:`hasten.parallel.sequence_parallel_transformer`: the attention then
+        #: sees one rank's piece of the video and exchanges it with the other ranks.
+        self.exchange = None
         self._last_t: float | None = None
         self._pinned: int | None = None
         self._checked: set[Dims] = set()
@@ -111,18 +114,26 @@ class SparseRuntime:
             )
         return self.strategy.layout(canvas, text_tokens=text, text_first=bool(self.text_first))
 
-    def attend(self, layer: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor):
-        """Attention of ``layer`` on raster-order ``[B, S, H, D]`` tensors."""
-        layout = self.layout(q.shape[1])
+    def rule(self, layer: int, layout: VideoLayout, batch: int):
+        """``layer``'s pattern at the current step and the text lengths (``None``: no padding)."""
         pattern = self.strategy.pattern(self.step, layer)
-        lengths = self.info.text_lengths
-        if lengths is not None:
-            lengths = layout.check_text_lengths(lengths, q.shape[0])
-            if bool((lengths == layout.text_tokens).all()):
-                lengths = None
-        out = video_attention(q, k, v, layout, pattern, lengths, backend=self.backend)
         if self.trace is not None:
             self.trace.append((self.step, layer, pattern))
+        lengths = self.info.text_lengths
+        if lengths is not None:
+            lengths = layout.check_text_lengths(lengths, batch)
+            if bool((lengths == layout.text_tokens).all()):
+                lengths = None
+        return pattern, lengths
+
+    def attend(self, layer: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor):
+        """Attention of ``layer`` on raster-order ``[B, S, H, D]`` tensors."""
+        if self.exchange is not None:
+            # Sequence parallel: q, k, v hold this rank's piece of the video (tile-major).
+            return self.exchange.attend(self, layer, q, k, v)
+        layout = self.layout(q.shape[1])
+        pattern, lengths = self.rule(layer, layout, q.shape[0])
+        out = video_attention(q, k, v, layout, pattern, lengths, backend=self.backend)
         if self.recorder is not None:
             self.recorder(self.step, layer, q, k, v, out, layout, lengths)
         return out

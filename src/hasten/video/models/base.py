@@ -27,8 +27,19 @@ class ModelAdapter:
         """The self-attention modules in layer order (layer ``i`` of a strategy is entry ``i``)."""
         raise NotImplementedError
 
+    #: Block arguments, besides the hidden states, that hold one entry per video token
+    #: (rotary embeddings; Wan 2.2's per-token timestep): sequence parallelism shards them.
+    sequence_args: tuple[str, ...] = ()
+
     def processor(self, runtime: SparseRuntime, layer: int) -> object:
         raise NotImplementedError
+
+    def blocks(self, transformer: nn.Module) -> list[nn.Module]:
+        """The blocks in call order; each takes the video hidden states ``[B, S, C]`` first."""
+        raise NotImplementedError
+
+    def check_parallel(self, transformer: nn.Module) -> None:
+        """Raise ``ValueError`` if this transformer's configuration cannot be sharded."""
 
     def forward_info(self, transformer: nn.Module, args: Mapping) -> ForwardInfo:
         """The canvas, timestep and text validity of a forward call's bound arguments."""

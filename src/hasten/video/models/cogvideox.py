@@ -57,6 +57,11 @@ class CogVideoXAdapter(ModelAdapter):
     class_name = "CogVideoXTransformer3DModel"
     text_first = True
 
+    sequence_args = ("image_rotary_emb",)
+
+    def blocks(self, transformer: nn.Module) -> list[nn.Module]:
+        return list(transformer.transformer_blocks)
+
     def attention_modules(self, transformer: nn.Module) -> list[nn.Module]:
         return [block.attn1 for block in transformer.transformer_blocks]
 

@@ -87,10 +87,25 @@ class HunyuanVideoAdapter(ModelAdapter):
     class_name = "HunyuanVideoTransformer3DModel"
     text_first = False
 
-    def attention_modules(self, transformer: nn.Module) -> list[nn.Module]:
+    # The rotary embeddings: "freqs_cis" in double-stream blocks, "image_rotary_emb" in single.
+    sequence_args = ("freqs_cis", "image_rotary_emb")
+
+    def blocks(self, transformer: nn.Module) -> list[nn.Module]:
         # Double-stream blocks first, then single-stream: layers 0..19 and 20..59 at full size.
-        blocks = [*transformer.transformer_blocks, *transformer.single_transformer_blocks]
-        return [b.attn for b in blocks]
+        return [*transformer.transformer_blocks, *transformer.single_transformer_blocks]
+
+    def attention_modules(self, transformer: nn.Module) -> list[nn.Module]:
+        return [b.attn for b in self.blocks(transformer)]
+
+    def check_parallel(self, transformer: nn.Module) -> None:
+        kind = getattr(transformer.config, "image_condition_type", None)
+        if kind == "token_replace":
+            # Those blocks modulate the first latent frame apart, by its raster position.
+            raise ValueError(
+                "HunyuanVideo with image_condition_type='token_replace' (the I2V variant) "
+                "cannot be sequence-parallel: its blocks treat the first frame's tokens by "
+                "raster position; run it in one process, or use the text-to-video model"
+            )
 
     def processor(self, runtime: SparseRuntime, layer: int) -> object:
         return HunyuanVideoSparseProcessor(runtime, layer)

@@ -53,6 +53,12 @@ class WanAdapter(ModelAdapter):
     class_name = "WanTransformer3DModel"
     text_first = None
 
+    # temb is per token only in Wan 2.2 ([B, S, 6, C]); sharding leaves Wan 2.1's [B, 6, C].
+    sequence_args = ("temb", "rotary_emb")
+
+    def blocks(self, transformer: nn.Module) -> list[nn.Module]:
+        return list(transformer.blocks)
+
     def attention_modules(self, transformer: nn.Module) -> list[nn.Module]:
         return [block.attn1 for block in transformer.blocks]
 
