@@ -48,18 +48,20 @@ class VideoExchange:
     def video_tokens(self) -> int:
         return self.plan.layout.video_tokens
 
+    def _reorder(self, x: torch.Tensor, dim: int, *, inverse: bool) -> torch.Tensor:
+        # Raster <-> tile-major; 1x1x1 tiles (dense strategies) are raster order already.
+        if self.plan.layout.tile == (1, 1, 1):
+            return x
+        return x.index_select(dim, _order(self.plan.layout, str(x.device), inverse=inverse))
+
     def shard(self, x: torch.Tensor, dim: int) -> torch.Tensor:
         """This rank's piece of a raster-order per-video-token tensor ``x`` along ``dim``."""
-        if self.plan.layout.tile != (1, 1, 1):
-            x = x.index_select(dim, _order(self.plan.layout, str(x.device), inverse=False))
-        return self.plan.shard(x, self.rank, dim=dim)
+        return self.plan.shard(self._reorder(x, dim, inverse=False), self.rank, dim=dim)
 
     def gather(self, x: torch.Tensor) -> torch.Tensor:
         """Every rank's piece of ``[B, S_rank, C]`` hidden states, back in raster order."""
         full = gather_sequence(x, self.plan, self.group, dim=1)
-        if self.plan.layout.tile == (1, 1, 1):
-            return full
-        return full.index_select(1, _order(self.plan.layout, str(x.device), inverse=True))
+        return self._reorder(full, 1, inverse=True)
 
     def shard_arg(self, value):
         """A block argument with one entry per video token, sharded (cached per forward)."""
@@ -88,22 +90,14 @@ class VideoExchange:
         text = q.shape[1] - mine
         layout = runtime.layout(self.video_tokens + text)
         pattern, lengths = runtime.rule(layer, layout, q.shape[0])
-        heads = q.shape[2]
-        hp = heads // P
+        hp = q.shape[2] // P
         lo = rank * hp
-
-        def split(x):  # (video piece, text)
-            if self.text_first:
-                txt, vid = x.split([text, mine], dim=1)
-                return vid, txt
-            return x.split([mine, text], dim=1)
 
         def full(x):
             # [B, S_rank, H, D] video piece + whole text -> my heads over the whole sequence.
-            vid, txt = split(x)
+            vid, txt = self._split(x, mine)
             vid = seq_to_heads(vid.transpose(1, 2), plan, self.group).transpose(1, 2)
-            txt = txt[:, :, lo : lo + hp]
-            return torch.cat([txt, vid] if self.text_first else [vid, txt], dim=1)
+            return self._join(vid, txt[:, :, lo : lo + hp])
 
         out = tiled_attention(
             full(q),
@@ -114,14 +108,23 @@ class VideoExchange:
             lengths,
             backend=runtime.backend,
         )
-        n = self.video_tokens
-        vid, txt = (out[:, text:], out[:, :text]) if self.text_first else (out[:, :n], out[:, n:])
+        vid, txt = self._split(out, self.video_tokens)
         vid = heads_to_seq(vid.transpose(1, 2), plan, self.group).transpose(1, 2)
-        if text:
-            parts = _quiet(dist_fn.all_gather, txt.contiguous(), group=self.group)
-            txt = torch.cat(parts, dim=2)
-        else:
-            txt = vid[:, :0]
+        if not text:
+            return vid
+        # Every rank computed the text for its own heads: put the heads back together.
+        parts = _quiet(dist_fn.all_gather, txt.contiguous(), group=self.group)
+        return self._join(vid, torch.cat(parts, dim=2))
+
+    def _split(self, x: torch.Tensor, video: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(video, text)`` of a sequence that holds ``video`` video tokens."""
+        text = x.shape[1] - video
+        if self.text_first:
+            txt, vid = x.split([text, video], dim=1)
+            return vid, txt
+        return tuple(x.split([video, text], dim=1))
+
+    def _join(self, vid: torch.Tensor, txt: torch.Tensor) -> torch.Tensor:
         return torch.cat([txt, vid] if self.text_first else [vid, txt], dim=1)
 
 
