@@ -28,7 +28,7 @@ except ImportError:  # a bare copy of the tree (the GPU machine): use the source
 
 from hasten.toyvideo.checkpoint import load_classifier, load_model, save_model
 from hasten.toyvideo.consistency import ConsistencyConfig
-from hasten.toyvideo.distill import DistillConfig, stage2, stage3
+from hasten.toyvideo.distill import STAGE3_LR, DistillConfig, stage2, stage3
 from hasten.toyvideo.evaluate import eval_prompts, evaluate, real_clips
 from hasten.toyvideo.loop import Budget
 from hasten.toyvideo.train import TrainConfig
@@ -39,7 +39,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--weights", type=Path, required=True, help="teacher/student/classifier.pt")
     p.add_argument("--out", type=Path, required=True)
     p.add_argument("--thresholds", default="0.05,0.02,0.1,0.2", help="first: the shipped one")
-    p.add_argument("--lr", type=float, default=1e-5)
+    p.add_argument("--lr", type=float, default=STAGE3_LR)
     p.add_argument("--attention-weight", type=float, default=0.5)
     p.add_argument("--seconds", type=float, default=25, help="stage 3 of the shipped student")
     p.add_argument("--table-seconds", type=float, default=12, help="stage 3 of the others")

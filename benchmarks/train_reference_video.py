@@ -30,7 +30,7 @@ import torch
 from hasten.attn import Dense, FrameTiles, SlidingTile, sparse_attention
 from hasten.toyvideo.checkpoint import save_classifier, save_model, write_json
 from hasten.toyvideo.consistency import ConsistencyConfig
-from hasten.toyvideo.distill import DistillConfig, stage1, stage2, stage3
+from hasten.toyvideo.distill import STAGE3_LR, DistillConfig, stage1, stage2, stage3
 from hasten.toyvideo.evaluate import eval_prompts, evaluate, real_clips
 from hasten.toyvideo.loop import Budget
 from hasten.toyvideo.metric import ClipClassifier, measure
@@ -296,7 +296,7 @@ def main(argv=None) -> int:
             threshold=threshold,
             calibration_prompts=args.calibration_prompts,
             stage3=Budget(args.stage3_steps, s3),
-            stage3_train=TrainConfig(**train, seed=2),
+            stage3_train=TrainConfig(**{**train, "lr": STAGE3_LR}, seed=2),
             checkpoint_every=0,
         )
 

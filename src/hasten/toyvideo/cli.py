@@ -6,6 +6,7 @@ import time
 from pathlib import Path
 
 from hasten.attn import Dense, FrameTiles, Pattern, SlidingTile
+from hasten.toyvideo.distill import STAGE3_LR
 
 
 def add_toyvideo_commands(sub) -> None:
@@ -91,7 +92,10 @@ def add_toyvideo_commands(sub) -> None:
         help="wall-clock budget per training stage (default none)",
     )
     d.add_argument("--batch", type=int, default=32)
-    d.add_argument("--lr", type=float, default=1e-4)
+    d.add_argument("--lr", type=float, default=1e-4, help="stage 1 rate (default 1e-4)")
+    d.add_argument(
+        "--stage3-lr", type=float, default=STAGE3_LR, help=f"stage 3 rate (default {STAGE3_LR:g})"
+    )
     d.add_argument("--checkpoint-every", type=int, default=200)
     d.add_argument("--device", default=None, help="cuda if available, else cpu")
     d.set_defaults(func=_distill)
@@ -230,7 +234,7 @@ def _distill(args) -> int:
         threshold=args.threshold,
         family=args.family,
         stage3=Budget(args.stage3_steps, args.seconds),
-        stage3_train=TrainConfig(**train, seed=2),
+        stage3_train=TrainConfig(**{**train, "lr": args.stage3_lr}, seed=2),
         checkpoint_every=args.checkpoint_every,
     )
     result = run_pipeline(teacher, args.out, cfg, device)
