@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from hasten.cli import main
-from hasten.serve.bench_cli import compare
+from hasten.serve.bench_cli import compare, select
 from hasten.serve.loadgen import (
     LoadConfig,
     check_requests,
@@ -74,6 +74,18 @@ def test_bad_command_lines_get_clear_errors(argv, match, capsys):
 
 
 # ---- the load generator's pieces ----------------------------------------------------------
+def test_held_out_keeps_exactly_the_requests_the_packaged_ranker_never_saw():
+    from hasten.serve.rank_eval import held_out
+    from hasten.serve.sweep import load_workload
+
+    workload = load_workload("sharegpt", LENGTHS)
+    kept = select(workload, held_out_only=True)
+    assert kept.requests and all(held_out(r.id) for r in kept.requests)
+    meta = json.loads((REPO / "src/hasten/serve/data/ranker-minilm-head.json").read_text())
+    assert len(kept) == len(workload) - meta["provenance"]["train"]["n_train"]
+    assert select(workload, skip=3, held_out_only=True).requests == kept.requests[3:]
+
+
 def test_request_body_forces_the_recorded_length():
     r = Request(id="a", prompt="Say hi.", prompt_tokens=3, output_tokens=17)
     chat = request_body(r, LoadConfig("http://h:1"), "m")

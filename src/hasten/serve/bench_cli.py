@@ -55,6 +55,12 @@ def add_bench_commands(sub) -> None:
         default=0,
         help="leave out the trace's first N requests, e.g. those the ranker was trained on",
     )
+    wl.add_argument(
+        "--held-out",
+        action="store_true",
+        help="only requests in the rankers' held-out split (10%% of ids by hash): the "
+        "packaged ranker never trained on them",
+    )
     from hasten.serve.simulate_cli import add_arrival_args
 
     add_arrival_args(p, default_burst=DEFAULT_BURST)
@@ -77,6 +83,20 @@ def _policies(text: str) -> list[str]:
     return names
 
 
+def select(workload, skip: int = 0, held_out_only: bool = False):
+    """The workload's requests in the rankers' held-out split (if asked), then from ``skip`` on."""
+    if held_out_only:
+        from hasten.serve.rank_eval import held_out
+
+        kept = tuple(r for r in workload.requests if held_out(r.id))
+        if not kept:
+            raise ValueError(f"--held-out: none of the {len(workload)} requests is held out")
+        workload = dataclasses.replace(workload, requests=kept)
+    if not 0 <= skip < len(workload):
+        raise ValueError(f"--skip {skip} leaves nothing of {len(workload)} requests")
+    return dataclasses.replace(workload, requests=workload.requests[skip:])
+
+
 def _bench_serve(args) -> int:
     from hasten.serve.loadgen import LoadConfig, check_requests, run_load
     from hasten.serve.simulate_cli import _arrivals
@@ -88,10 +108,7 @@ def _bench_serve(args) -> int:
 
         # Validated now, before a minute of workload loading and server start-up.
         cfgs = [serve_config(args, p, port=free_port()) for p in _policies(args.policies)]
-    workload = load_workload(args.trace, args.lengths)
-    if not 0 <= args.skip < len(workload):
-        raise ValueError(f"--skip {args.skip} leaves nothing of {len(workload)} requests")
-    workload = dataclasses.replace(workload, requests=workload.requests[args.skip :])
+    workload = select(load_workload(args.trace, args.lengths), args.skip, args.held_out)
     if args.burst is None and args.rate is None and not args.replay:
         args.burst = min(DEFAULT_BURST, len(workload))
     requests, arrivals = _arrivals(args, workload)
@@ -106,6 +123,7 @@ def _bench_serve(args) -> int:
         },
         "arrivals": arrivals.describe(),
         "skipped": args.skip,
+        "held_out": args.held_out,
         "host": _host(),
         "ranker": _ranker_quality(requests, cfgs, progress=not args.no_progress),
         "runs": [],

@@ -63,7 +63,8 @@ def load_model(path: Path | str, device="cpu") -> tuple[VideoDiT, dict]:
     payload = torch.load(path, map_location="cpu", weights_only=True)
     if payload.get("kind") != "video-dit":
         raise ValueError(f"{path} is not a hasten reference video model checkpoint")
-    model = VideoDiT(DiTConfig(**payload["config"]))
+    # Checkpoints from before the prediction option predicted the velocity.
+    model = VideoDiT(DiTConfig(**{"prediction": "velocity", **payload["config"]}))
     model.load_state_dict({k: v.float() for k, v in payload["state_dict"].items()})
     model.set_patterns([pattern_from_dict(d) for d in payload["patterns"]])
     return model.to(device).eval(), payload["meta"]

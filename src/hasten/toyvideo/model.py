@@ -13,6 +13,9 @@ from torch import nn
 from hasten.attn import Dense, Pattern, SparseAttention, VideoLayout
 from hasten.toyvideo.world import TEXT_TOKENS, VOCAB, WorldConfig
 
+PREDICTIONS = ("x0", "velocity")
+X0_T_MIN = 0.05
+
 
 @dataclass(frozen=True)
 class DiTConfig:
@@ -28,8 +31,15 @@ class DiTConfig:
     #: Attention tile in latent tokens; ``None`` is one whole latent frame, so kernel chunks
     #: align with frames (FrameTiles) and STA windows count frames.
     tile: tuple[int, int, int] | None = None
+    #: What the output layer predicts; ``forward`` always returns the velocity. ``"x0"``
+    #: predicts the clean clip: a 2x8x8 patch has 384 values but the model is 192 wide, so
+    #: a velocity head cannot carry each token's noise through and samples keep it
+    #: (JiT, Li & He 2025). Checkpoints without the field are ``"velocity"``.
+    prediction: str = "x0"
 
     def __post_init__(self) -> None:
+        if self.prediction not in PREDICTIONS:
+            raise ValueError(f"prediction {self.prediction!r} is not one of {list(PREDICTIONS)}")
         object.__setattr__(self, "patch", tuple(int(p) for p in self.patch))
         if self.tile is not None:
             object.__setattr__(self, "tile", tuple(int(t) for t in self.tile))
@@ -210,8 +220,14 @@ class VideoDiT(nn.Module):
             h = block(h, mod)
         shift, scale = self.out_mod(F.silu(c)).chunk(2, dim=-1)
         h = self.norm_out(h[:, : video.shape[1]]) * (1 + scale[:, None]) + shift[:, None]
-        out = self.patch_out(h)[:, self.to_raster]
-        return self.unpatchify(out)
+        out = self.unpatchify(self.patch_out(h)[:, self.to_raster])
+        if self.cfg.prediction == "velocity":
+            return out
+        # x_t = (1 - t) x0 + t noise, so v = noise - x0 = (x_t - x0) / t. The floor keeps
+        # the loss weight 1/t^2 on x0 errors bounded near the data end (JiT clips it too);
+        # it leaves ~1% of the noise after a 50-step sampler's last step.
+        tt = t.to(out.dtype).clamp_min(X0_T_MIN).reshape(-1, 1, 1, 1, 1)
+        return (x.to(out.dtype) - out) / tt
 
 
 def count_parameters(model: nn.Module) -> int:
