@@ -123,3 +123,28 @@ def test_the_model_on_triton_matches_the_reference_backend(pattern):
     torch_err = (run("reference", torch.bfloat16) - exact).abs().max()
     print(f"auto {ours:.3g}, reference bf16 {torch_err:.3g}")
     assert ours <= 2 * torch_err + 1e-3
+
+
+def test_x0_prediction_turns_the_clean_clip_estimate_into_a_velocity(tmp_path):
+    from dataclasses import replace
+
+    from hasten.toyvideo.model import X0_T_MIN
+
+    x0_model = VideoDiT(replace(TINY, prediction="x0"))
+    torch.nn.init.normal_(x0_model.patch_out.weight, std=0.02)  # zero-initialised otherwise
+    raw = VideoDiT(replace(TINY, prediction="velocity"))
+    raw.load_state_dict(x0_model.state_dict())  # same weights: its output is the x0 estimate
+    x, _, text = _inputs()
+    t = torch.tensor([0.5, 0.01])  # the second is under the floor
+    with torch.no_grad():
+        v, x0_hat = x0_model(x, t, text), raw(x, t, text)
+    tt = t.clamp_min(X0_T_MIN).view(-1, 1, 1, 1, 1)
+    torch.testing.assert_close(v, (x - x0_hat) / tt)
+    # A checkpoint saved before the option existed predicted the velocity.
+    save_model(tmp_path / "old.pt", raw)
+    payload = torch.load(tmp_path / "old.pt", weights_only=True)
+    del payload["config"]["prediction"]
+    torch.save(payload, tmp_path / "old.pt")
+    assert load_model(tmp_path / "old.pt")[0].cfg.prediction == "velocity"
+    with pytest.raises(ValueError, match="'noise' is not one of"):
+        replace(TINY, prediction="noise")
