@@ -56,7 +56,6 @@ def main() -> None:
     p.add_argument("--offer", type=int, default=10_000)
     p.add_argument("--first", type=int, default=1000)
     p.add_argument("--rates", default="32,64")
-    p.add_argument("--duration", type=float, default=60.0)
     p.add_argument("--out", type=Path, default=None)
     args = p.parse_args()
 
@@ -101,6 +100,8 @@ def main() -> None:
     for rate in (float(x) for x in args.rates.split(",")):
         runs = {}
         for name in ("fcfs", "ltr", "ltr-starvation", "mlfq"):
+            # The whole trace at this rate (161 s of arrivals at 32 req/s): long enough for
+            # the queue of an overloaded engine to build up.
             res = simulate(poisson(reqs, rate, seed=0), _policy(name, scores), until=None)
             runs[name] = _row(res)
         report["poisson"][str(rate)] = runs
