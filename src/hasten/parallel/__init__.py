@@ -6,8 +6,8 @@ from hasten.parallel.ulysses import UlyssesAttention, ulysses_attention
 
 __all__ = [
     "SequenceParallel",
-    "TransformerParallel",
     "ShardPlan",
+    "TransformerParallel",
     "UlyssesAttention",
     "sequence_parallel",
     "sequence_parallel_transformer",

@@ -11,11 +11,21 @@ from torch import nn
 
 from hasten.attn.layout import VideoLayout
 from hasten.parallel.shard import ShardPlan
-from hasten.parallel.ulysses import _group_info, _quiet, check_heads, gather_sequence
-from hasten.parallel.ulysses import heads_to_seq, seq_to_heads
+from hasten.parallel.ulysses import (
+    _group_info,
+    _quiet,
+    check_heads,
+    gather_sequence,
+    heads_to_seq,
+    seq_to_heads,
+)
 from hasten.video.attention import _order, tiled_attention
-from hasten.video.integrate import _unwrap, enable_sparse_attention, sparse_runtime
-from hasten.video.integrate import disable_sparse_attention
+from hasten.video.integrate import (
+    _unwrap,
+    disable_sparse_attention,
+    enable_sparse_attention,
+    sparse_runtime,
+)
 from hasten.video.models import adapter_for
 from hasten.video.runtime import SparseRuntime
 from hasten.video.strategy import DenseStrategy
