@@ -44,25 +44,18 @@ WAN = ModelCase(
     512,
     candidates=((1, 6, 10), (3, 3, 5), (4, 1, 10), (4, 3, 3), (4, 6, 1)),
 )
+# A 5x3x4 tile grid: (3,3,3) is sparse along t and w.
 QUICK = {
-    "hunyuanvideo": ModelCase(
-        "tiny-hunyuanvideo",
-        "hunyuanvideo",
-        (5, 6, 8),
-        8,
-        tile=(1, 2, 2),  # a 5x3x4 tile grid: (3,3,3) is sparse along t and w
-        candidates=((1, 3, 4), (3, 1, 3), (5, 3, 1)),
-        quick=True,
-    ),
-    "wan": ModelCase(
-        "tiny-wan",
-        "wan",
+    m: ModelCase(
+        f"tiny-{m}",
+        m,
         (5, 6, 8),
         8,
         tile=(1, 2, 2),
         candidates=((1, 3, 4), (3, 1, 3), (5, 3, 1)),
         quick=True,
-    ),
+    )
+    for m in ("hunyuanvideo", "wan")
 }
 FULL = {"hunyuanvideo": HUNYUAN, "wan": WAN}
 
