@@ -157,8 +157,16 @@ def test_torch_compile_traces_the_custom_op(seed):
     assert all(t.grad is not None and torch.isfinite(t.grad).all() for t in (q, k, v))
 
 
+CUDA_CONFIGS = {
+    "pointers": KernelConfig(),
+    "tma": KernelConfig(tma=True),
+    "tma-128x128": KernelConfig(fwd=PassConfig(128, 128, 8, 3), tma=True),
+    "tma-ws": KernelConfig(fwd=PassConfig(128, 128, 8, 3), tma=True, warp_specialize=True),
+}
+
+
 @pytest.mark.gpu
-@pytest.mark.parametrize("tma", [False, True])
+@pytest.mark.parametrize("name", list(CUDA_CONFIGS))
 @pytest.mark.parametrize(
     ("layout", "pattern", "lengths"),
     [
@@ -167,9 +175,9 @@ def test_torch_compile_traces_the_custom_op(seed):
         (VideoLayout((8, 16, 16), (2, 8, 8), text_tokens=8), FrameTiles(2), [8, 3]),
     ],
 )
-def test_cuda_default_chunks_forward_and_backward(layout, pattern, lengths, tma, seed):
-    """Full-size chunks (128 x 64) and TMA loads, as used at scale, against the oracle."""
-    config = KernelConfig(tma=tma)
+def test_cuda_configs_forward_and_backward(layout, pattern, lengths, name, seed):
+    """Full-size chunks, TMA loads and the warp-specialized loop, as used at scale."""
+    config = CUDA_CONFIGS[name]
     q, k, v = _inputs(layout, torch.bfloat16, dim=128, heads=4, grad=True)
     lens, mask = _mask(layout, pattern, lengths)
     grad = torch.randn_like(q)
@@ -180,5 +188,5 @@ def test_cuda_default_chunks_forward_and_backward(layout, pattern, lengths, tma,
     qd, kd, vd = (t.detach().double().requires_grad_() for t in (q, k, v))
     ref = naive_attention_grad(qd, kd, vd, mask)
     refs = (ref, *torch.autograd.grad(ref, (qd, kd, vd), grad.double()))
-    for name, a, b, r in zip(["out", "dq", "dk", "dv"], ours, theirs, refs, strict=True):
-        assert_within_torch_error(a, b, r.detach().cpu(), torch.bfloat16, f"{name}/tma={tma}")
+    for what, a, b, r in zip(["out", "dq", "dk", "dv"], ours, theirs, refs, strict=True):
+        assert_within_torch_error(a, b, r.detach().cpu(), torch.bfloat16, f"{what}/{name}")

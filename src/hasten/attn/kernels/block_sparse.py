@@ -50,8 +50,10 @@ def _load_rows(ptr, offs, valid, stride, offs_d, MASKED: tl.constexpr, UPCAST: t
 def _fwd_inner(acc, l_i, m_i, q, K, V, desc_k, desc_v, row0, stride_ks, stride_vs, KVB, IDX, n,
                offs_m, valid_m, offs_d, CELL, KEEP, stride_keep_h, stride_keep_q, h, pad_lo, pad_hi,
                qk_scale, BLOCK_N: tl.constexpr, MASKED: tl.constexpr, CELL_MASK: tl.constexpr,
-               PAD_MASK: tl.constexpr, USE_TMA: tl.constexpr, UPCAST: tl.constexpr):
-    for t in range(0, n):
+               PAD_MASK: tl.constexpr, USE_TMA: tl.constexpr, UPCAST: tl.constexpr,
+               WARP_SPEC: tl.constexpr):
+    # WARP_SPEC: Triton splits the loop into producer (TMA loads) and consumer warps.
+    for t in tl.range(0, n, warp_specialize=WARP_SPEC):
         if MASKED:
             j = tl.load(IDX + t)
             ks = tl.load(KVB + j)
@@ -96,6 +98,7 @@ def _attn_fwd(
     stride_pb, stride_ph, stride_pq, CELL, KEEP, stride_keep_h, stride_keep_q, PAD, H, S, qk_scale,
     HEAD_DIM: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, HAS_MASKED: tl.constexpr,
     CELL_MASK: tl.constexpr, PAD_MASK: tl.constexpr, USE_TMA: tl.constexpr, UPCAST: tl.constexpr,
+    WARP_SPEC: tl.constexpr,
 ):
     i = tl.program_id(0)
     bh = tl.program_id(1)
@@ -121,7 +124,7 @@ def _attn_fwd(
     acc, l_i, m_i = _fwd_inner(
         acc, l_i, m_i, q, K, V, desc_k, desc_v, row0, stride_ks, stride_vs, KVB, full_idx, n_full,
         offs_m, valid_m, offs_d, CELL, KEEP, stride_keep_h, stride_keep_q, h, pad_lo, pad_hi,
-        qk_scale, BLOCK_N, False, False, False, USE_TMA, UPCAST,
+        qk_scale, BLOCK_N, False, False, False, USE_TMA, UPCAST, WARP_SPEC,
     )
     if HAS_MASKED:
         n_part = tl.load(PART_N + b * stride_nb + h * stride_nh + i * stride_nq)
@@ -129,7 +132,7 @@ def _attn_fwd(
         acc, l_i, m_i = _fwd_inner(
             acc, l_i, m_i, q, K, V, desc_k, desc_v, row0, stride_ks, stride_vs, KVB, part_idx, n_part,
             offs_m, valid_m, offs_d, CELL, KEEP, stride_keep_h, stride_keep_q, h, pad_lo, pad_hi,
-            qk_scale, BLOCK_N, True, CELL_MASK, PAD_MASK, USE_TMA, UPCAST,
+            qk_scale, BLOCK_N, True, CELL_MASK, PAD_MASK, USE_TMA, UPCAST, False,
         )
     l_safe = tl.where(l_i == 0.0, 1.0, l_i)
     out = acc / l_safe[:, None]

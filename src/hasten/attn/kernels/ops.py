@@ -50,12 +50,14 @@ class PassConfig:
 @dataclass(frozen=True)
 class KernelConfig:
     """How the kernels run (not what they compute): one :class:`PassConfig` per kernel, and
-    whether the forward loads k, v through tensor descriptors (TMA, Hopper and newer)."""
+    whether the forward loads k, v through tensor descriptors (TMA, Hopper and newer) and
+    whether its unmasked loop is warp-specialized (Triton's producer/consumer split)."""
 
     fwd: PassConfig = PassConfig(128, 64, 8, 3)
     dkdv: PassConfig = PassConfig(64, 64, 4, 2)
     dq: PassConfig = PassConfig(64, 64, 4, 2)
     tma: bool = False
+    warp_specialize: bool = False
 
 
 @dataclass(frozen=True)
@@ -159,13 +161,13 @@ def _keep_args(keep: torch.Tensor) -> list:
     return [keep, 0 if keep.shape[0] == 1 else keep.stride(0), keep.stride(1)]
 
 
-def _meta(lists: ChunkLists, p: PassConfig, tma: bool = False) -> list[int]:
+def _meta(lists: ChunkLists, p: PassConfig, tma: bool = False, ws: bool = False) -> list[int]:
     flags = (lists.has_masked, lists.cell_mask, lists.pad_mask, tma)
-    return [p.block_m, p.block_n, *(int(f) for f in flags), p.num_warps, p.num_stages]
+    return [p.block_m, p.block_n, *(int(f) for f in flags), p.num_warps, p.num_stages, int(ws)]
 
 
 def _flags(meta: list[int]) -> dict:
-    bm, bn, has_masked, cell_mask, pad_mask, _, warps, stages = meta
+    bm, bn, has_masked, cell_mask, pad_mask, _, warps, stages, _ = meta
     return dict(
         BLOCK_M=bm, BLOCK_N=bn, HAS_MASKED=bool(has_masked), CELL_MASK=bool(cell_mask),
         PAD_MASK=bool(pad_mask), UPCAST=interpreting(), num_warps=warps, num_stages=stages,
@@ -190,7 +192,7 @@ def _fwd(q, k, v, t: list[torch.Tensor], scale: float, meta: list[int]):
         q, k, v, o, lse, desc_k, desc_v,
         *_strides3(q), *_strides3(k), *_strides3(v), *_strides3(o), lse.stride(0), lse.stride(1),
         q_bounds, kv_bounds, *_table_args(n, i, pn, pi), cell, *_keep_args(keep), pad, H, S,
-        scale * K.LOG2E, HEAD_DIM=D, USE_TMA=tma, **_flags(meta),
+        scale * K.LOG2E, HEAD_DIM=D, USE_TMA=tma, WARP_SPEC=bool(meta[8]), **_flags(meta),
     )  # fmt: skip
     return o, lse
 
@@ -233,7 +235,8 @@ def block_sparse_attn(
     """Forward: ``(out, lse)`` with ``lse`` in base 2, fp32 ``[B, H, S]``.
 
     Each ``*_meta`` is ``[block_m, block_n, has_masked, cell_mask, pad_mask, tma, warps,
-    stages]`` for that kernel's tables; the backward kernels' tables ride along for autograd.
+    stages, warp_specialize]`` for that kernel's tables; the backward kernels' tables ride
+    along for autograd.
     """
     return _fwd(q, k, v, tables, scale, meta)
 
@@ -306,7 +309,7 @@ def sparse_attention_triton(
         dkdv.tensors(dkdv.cols),
         dq.tensors(dq.rows),
         scale,
-        _meta(fwd.rows, c.fwd, c.tma),
+        _meta(fwd.rows, c.fwd, c.tma, c.warp_specialize),
         _meta(dkdv.cols, c.dkdv),
         _meta(dq.rows, c.dq),
     )

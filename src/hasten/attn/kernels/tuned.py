@@ -15,6 +15,7 @@ class Tuned:
 
     config: KernelConfig
     card: str
+    capability: tuple[int, int]
     dtype: str
     date: str
     source: str
@@ -33,6 +34,7 @@ TUNED: dict[tuple[str, int], Tuned] = {
             tma=True,
         ),
         card="NVIDIA H100 80GB HBM3",
+        capability=(9, 0),
         dtype="bf16",
         date="2026-11-28",
         source="benchmarks/results/triton-tuning-nvidia-h100-80gb-hbm3.json",
@@ -40,9 +42,19 @@ TUNED: dict[tuple[str, int], Tuned] = {
 }
 
 
+def tuned_for(device: torch.device, head_dim: int) -> Tuned | None:
+    """The entry for this card and head dim; else one tuned on a card of the same compute
+    capability (an H200 runs the H100's config: same SM, same shared memory and registers)."""
+    if device.type != "cuda":
+        return None
+    exact = TUNED.get((torch.cuda.get_device_name(device), head_dim))
+    if exact is not None:
+        return exact
+    cc = torch.cuda.get_device_capability(device)
+    return next((t for (_, d), t in TUNED.items() if d == head_dim and t.capability == cc), None)
+
+
 def config_for(device: torch.device, head_dim: int) -> KernelConfig:
     """The tuned config for this card and head dim, else the defaults (which run anywhere)."""
-    if device.type != "cuda":
-        return KernelConfig()
-    tuned = TUNED.get((torch.cuda.get_device_name(device), head_dim))
+    tuned = tuned_for(device, head_dim)
     return KernelConfig() if tuned is None else tuned.config
