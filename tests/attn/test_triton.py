@@ -18,6 +18,8 @@ from tests.attn.numerics import assert_within_torch_error, naive_attention
 
 triton = pytest.importorskip("triton")
 
+from triton.runtime.errors import OutOfResources  # noqa: E402
+
 from hasten.attn.kernels.ops import (  # noqa: E402  (needs triton)
     KernelConfig,
     PassConfig,
@@ -139,6 +141,57 @@ def test_unsupported_head_dim_is_explained():
 def test_bad_kernel_config_is_explained():
     with pytest.raises(ValueError, match="block_m must be a power of two >= 16, got 48"):
         PassConfig(block_m=48)
+
+
+class _SharedMemoryCap:
+    """Stands in for a compiled kernel on a card whose shared memory fits at most ``cap``
+    pipeline stages (a real overflow needs a GPU); within the cap it runs the real kernel."""
+
+    def __init__(self, kernel, cap: int):
+        self.kernel, self.cap, self.stages = kernel, cap, []
+
+    def __getitem__(self, grid):
+        def launch(*args, **kw):
+            self.stages.append(kw["num_stages"])
+            if kw["num_stages"] > self.cap:
+                raise OutOfResources(233472, 232448, "shared memory")
+            return self.kernel[grid](*args, **kw)
+
+        return launch
+
+
+def test_shared_memory_overflow_lowers_stages_once(monkeypatch, seed):
+    from hasten.attn.kernels import block_sparse, ops
+
+    layout, pattern, lengths = CASES["frame-tiles"]
+    q, k, v = _inputs(layout, DTYPES[0])
+    lens, mask = _mask(layout, pattern, lengths)
+    capped = _SharedMemoryCap(block_sparse._attn_fwd, cap=1)
+    monkeypatch.setattr(block_sparse, "_attn_fwd", capped)
+    monkeypatch.setattr(ops, "LOWERED_STAGES", {})
+    config = KernelConfig(fwd=PassConfig(16, 16, 4, 3))
+    with pytest.warns(RuntimeWarning, match="fwd kernel: .*retrying with num_stages=1"):
+        out = sparse_attention_triton(q, k, v, layout, pattern, lens, config=config)
+    assert capped.stages == [3, 2, 1]
+    ref = naive_attention(q, k, v, mask)
+    torch_out = torch.nn.functional.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+    assert_within_torch_error(out, torch_out, ref, DTYPES[0], "after lowering stages")
+    # The lowered count is remembered: the next call launches once, at one stage.
+    sparse_attention_triton(q, k, v, layout, pattern, lens, config=config)
+    assert capped.stages == [3, 2, 1, 1]
+
+
+def test_shared_memory_overflow_at_one_stage_is_raised(monkeypatch, seed):
+    from hasten.attn.kernels import block_sparse, ops
+
+    layout, pattern, lengths = CASES["frame-tiles"]
+    q, k, v = _inputs(layout, DTYPES[0])
+    monkeypatch.setattr(block_sparse, "_attn_fwd", _SharedMemoryCap(block_sparse._attn_fwd, 0))
+    monkeypatch.setattr(ops, "LOWERED_STAGES", {})
+    with pytest.warns(RuntimeWarning), pytest.raises(OutOfResources):
+        sparse_attention_triton(
+            q, k, v, layout, pattern, torch.tensor(lengths), config=KernelConfig(PassConfig(16, 16))
+        )
 
 
 def test_torch_compile_traces_the_custom_op(seed):

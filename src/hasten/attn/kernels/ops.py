@@ -5,9 +5,11 @@ from __future__ import annotations
 import functools
 import math
 import os
+import warnings
 from dataclasses import dataclass
 
 import torch
+from triton.runtime.errors import OutOfResources
 
 from hasten.attn.block_table import (
     FULL,
@@ -23,6 +25,11 @@ from hasten.attn.layout import VideoLayout
 
 #: The last compiled kernel of each pass, for resource reports (registers, spills, shared).
 LAUNCHED: dict[str, object] = {}
+
+#: Stage counts lowered because the asked-for count did not fit in shared memory, per kernel,
+#: meta, head dim and dtype: a config tuned on one pattern can overflow on another (the cell
+#: lookup of FrameTiles needs about 1 KB more than the H100 config leaves).
+LOWERED_STAGES: dict[tuple, int] = {}
 
 
 def interpreting() -> bool:
@@ -174,6 +181,28 @@ def _flags(meta: list[int]) -> dict:
     )  # fmt: skip
 
 
+def _launch(name: str, kernel, grid, args: list, meta: list[int], like: torch.Tensor, **kw):
+    """Launch with ``meta``'s flags; on a shared-memory overflow retry with one stage fewer
+    (down to one), remember it, and warn once, so a tuned config never stops a model."""
+    flags = _flags(meta)
+    key = (name, tuple(meta), like.shape[-1], like.dtype)
+    flags["num_stages"] = LOWERED_STAGES.get(key, flags["num_stages"])
+    while True:
+        try:
+            LAUNCHED[name] = kernel[grid](*args, **kw, **flags)
+            return
+        except OutOfResources as e:
+            if flags["num_stages"] <= 1:
+                raise
+            flags["num_stages"] -= 1
+            LOWERED_STAGES[key] = flags["num_stages"]
+            warnings.warn(
+                f"{name} kernel: {e}; retrying with num_stages={flags['num_stages']}",
+                RuntimeWarning,
+                stacklevel=3,
+            )
+
+
 def _descriptor(t: torch.Tensor, block_n: int):
     from triton.tools.tensor_descriptor import TensorDescriptor
 
@@ -188,12 +217,14 @@ def _fwd(q, k, v, t: list[torch.Tensor], scale: float, meta: list[int]):
     lse = torch.empty(B, H, S, device=q.device, dtype=torch.float32)
     tma = bool(meta[5]) and k.is_contiguous() and v.is_contiguous()
     desc_k, desc_v = (_descriptor(x, meta[1]) for x in (k, v)) if tma else (None, None)
-    LAUNCHED["fwd"] = K._attn_fwd[(len(q_bounds) - 1, B * H)](
+    args = [
         q, k, v, o, lse, desc_k, desc_v,
         *_strides3(q), *_strides3(k), *_strides3(v), *_strides3(o), lse.stride(0), lse.stride(1),
         q_bounds, kv_bounds, *_table_args(n, i, pn, pi), cell, *_keep_args(keep), pad, H, S,
-        scale * K.LOG2E, HEAD_DIM=D, USE_TMA=tma, WARP_SPEC=bool(meta[8]), **_flags(meta),
-    )  # fmt: skip
+        scale * K.LOG2E,
+    ]  # fmt: skip
+    _launch("fwd", K._attn_fwd, (len(q_bounds) - 1, B * H), args, meta, q,
+            HEAD_DIM=D, USE_TMA=tma, WARP_SPEC=bool(meta[8]))  # fmt: skip
     return o, lse
 
 
@@ -205,17 +236,19 @@ def _bwd(do, q, k, v, o, lse, t_cols, t_rows, scale, meta_cols, meta_rows):
     dq, dk, dv = torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
     common = [*_strides3(q), *_strides3(k), *_strides3(v), *_strides3(do)]
     qb, kb, n, i, pn, pi, cell, keep, pad = t_cols
-    LAUNCHED["dkdv"] = K._attn_bwd_dkdv[(len(kb) - 1, B * H)](
+    args = [
         q, k, v, do, dk, dv, lse, delta, *common, *_strides3(dk), lse.stride(0), lse.stride(1),
         qb, kb, *_table_args(n, i, pn, pi), cell, *_keep_args(keep), pad, H, scale * K.LOG2E,
-        scale, HEAD_DIM=D, **_flags(meta_cols),
-    )  # fmt: skip
+        scale,
+    ]  # fmt: skip
+    _launch("dkdv", K._attn_bwd_dkdv, (len(kb) - 1, B * H), args, meta_cols, q, HEAD_DIM=D)
     qb, kb, n, i, pn, pi, cell, keep, pad = t_rows
-    LAUNCHED["dq"] = K._attn_bwd_dq[(len(qb) - 1, B * H)](
+    args = [
         q, k, v, do, dq, lse, delta, *common, *_strides3(dq), lse.stride(0), lse.stride(1),
         qb, kb, *_table_args(n, i, pn, pi), cell, *_keep_args(keep), pad, H, scale * K.LOG2E,
-        scale, HEAD_DIM=D, **_flags(meta_rows),
-    )  # fmt: skip
+        scale,
+    ]  # fmt: skip
+    _launch("dq", K._attn_bwd_dq, (len(qb) - 1, B * H), args, meta_rows, q, HEAD_DIM=D)
     return dq, dk, dv
 
 
