@@ -169,10 +169,18 @@ def test_cuda_flex_matches_float64_oracle(case, seed):
 
 
 @pytest.mark.gpu
-def test_auto_prefers_flex_over_the_oracle_on_cuda():
+@pytest.mark.parametrize(("dtype", "picked"), [(torch.bfloat16, "triton"), (torch.float32, "flex")])
+def test_auto_prefers_the_kernels_over_the_oracle_on_cuda(dtype, picked):
+    # Triton first where it runs (half precision); fp32 falls to flex, never to the oracle.
+    pytest.importorskip("triton")
     layout, pattern, _ = CASES["divisible"]
-    q, k, v = (t.cuda() for t in _inputs(layout))
-    assert explain_backends(q, k, v, layout, pattern).splitlines()[0] == "flex: picked by auto"
+    q, k, v = (t.cuda() for t in _inputs(layout, dtype=dtype))
+    lines = explain_backends(q, k, v, layout, pattern).splitlines()
+    assert [line for line in lines if line.endswith("picked by auto")] == [
+        f"{picked}: picked by auto"
+    ]
+    if picked == "flex":
+        assert lines[0].startswith("triton: dtype torch.float32 is not supported on cuda")
 
 
 def test_bad_inputs_explain_themselves():
