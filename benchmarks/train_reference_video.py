@@ -28,7 +28,7 @@ from pathlib import Path
 import torch
 
 from hasten.attn import Dense, FrameTiles, SlidingTile, sparse_attention
-from hasten.toyvideo.checkpoint import save_classifier, save_model, write_json
+from hasten.toyvideo.checkpoint import load_model, save_classifier, save_model, write_json
 from hasten.toyvideo.consistency import ConsistencyConfig
 from hasten.toyvideo.distill import STAGE3_LR, DistillConfig, stage1, stage2, stage3
 from hasten.toyvideo.evaluate import eval_prompts, evaluate, real_clips
@@ -75,6 +75,12 @@ def parse_args(argv=None):
     p.add_argument("--teacher-steps", type=int, default=100_000)
     p.add_argument("--teacher-batch", type=int, default=128)
     p.add_argument("--teacher-lr", type=float, default=5e-4)
+    p.add_argument(
+        "--teacher-init",
+        type=Path,
+        default=None,
+        help="continue training this saved teacher (e.g. the packaged one) instead of a new one",
+    )
     p.add_argument("--guidances", default="1,1.5,2.5", help="teacher guidance candidates")
     p.add_argument("--pick-prompts", type=int, default=96, help="clips per guidance candidate")
     p.add_argument("--steps", type=int, default=4, help="student steps (segments)")
@@ -243,15 +249,28 @@ def main(argv=None) -> int:
     )
     save_results()
 
-    # 2. The teacher.
+    # 2. The teacher: new, or continued from a saved one (one GPU call cannot train it long).
     t = time.monotonic()
-    model = VideoDiT(cfg)
+    model, prior = VideoDiT(cfg), {"train_steps": 0, "train_seconds": 0.0}
+    if args.teacher_init is not None:
+        model, meta = load_model(args.teacher_init)
+        if model.cfg != cfg:
+            raise ValueError(f"--teacher-init {args.teacher_init} has {model.cfg}, not {cfg}")
+        prior = {k: meta.get(k, 0) for k in prior}
+        log(f"teacher: continuing {args.teacher_init} after {prior['train_steps']} steps")
     model.set_backend(backend)
     log(f"teacher: {count_parameters(model) / 1e6:.2f} M parameters, {cfg.layout}")
     teacher, curves["teacher"] = train_teacher(
         model,
         Budget(args.teacher_steps, args.teacher_seconds),
-        TrainConfig(batch=args.teacher_batch, lr=args.teacher_lr, warmup=200, ema=0.999),
+        # A continued run draws fresh batches: the data seed moves with the steps done.
+        TrainConfig(
+            batch=args.teacher_batch,
+            lr=args.teacher_lr,
+            warmup=200,
+            ema=0.999,
+            seed=prior["train_steps"],
+        ),
         device,
         log=log,
     )
@@ -259,6 +278,8 @@ def main(argv=None) -> int:
     results["phases"]["teacher"] = {
         "seconds": time.monotonic() - t,
         "steps": len(curves["teacher"]),
+        "init": None if args.teacher_init is None else str(args.teacher_init),
+        "prior_steps": prior["train_steps"],
     }
 
     # 3. Guidance: the candidate with the best prompt adherence on a quick 25-step check.
@@ -281,7 +302,8 @@ def main(argv=None) -> int:
         steps=args.teacher_eval_steps,
         guidance=guidance,
         stage="teacher",
-        train_steps=len(curves["teacher"]),
+        train_steps=prior["train_steps"] + len(curves["teacher"]),
+        train_seconds=prior["train_seconds"] + results["phases"]["teacher"]["seconds"],
         **placeholder,
     )
     save_results()

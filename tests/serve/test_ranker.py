@@ -20,6 +20,7 @@ from hasten.serve.losses import (
     pairwise,
 )
 from hasten.serve.rank_eval import (
+    expected_length_ceiling,
     held_out,
     kendall_tau_b,
     kendall_tau_b_numpy,
@@ -210,6 +211,25 @@ def test_noise_ceiling(tmp_path):
     assert noise_ceiling(path, ids=["d"]) is None
 
 
+@pytest.mark.parametrize("noise", [0.5, 1.2, 2.5])
+def test_expected_length_ceiling_recovers_the_mean_predictors_tau(noise):
+    # Lengths = a monotone map of (per-prompt mean + sampling noise): the estimate from two
+    # samples' tau-b must match the tau-b of the true mean against one sample.
+    rng = np.random.default_rng(7)
+    mu = rng.standard_normal(6000)
+    s0, s1 = (np.exp(mu + noise * rng.standard_normal(mu.size)) for _ in range(2))
+    estimate = expected_length_ceiling(kendall_tau_b(s0, s1))
+    assert estimate == pytest.approx(kendall_tau_b(mu, s0), abs=0.02)
+    assert estimate > kendall_tau_b(s0, s1)  # another sample is not the bound
+
+
+def test_expected_length_ceiling_edges():
+    assert expected_length_ceiling(1.0) == pytest.approx(1.0)
+    assert math.isnan(expected_length_ceiling(0.0))
+    with pytest.raises(ValueError, match=r"sample_tau must be a tau-b in \[-1, 1\], got 1.5"):
+        expected_length_ceiling(1.5)
+
+
 # ---- ranker ---------------------------------------------------------------------------
 def test_head_training_learns_a_synthetic_order(tiny_encoder):
     data = synthetic_requests(600, seed=1)
@@ -339,4 +359,7 @@ def test_cli_train_then_eval(tiny_encoder, tmp_path, capsys):
     report = json.loads(capsys.readouterr().out)
     assert report["tau_b"] == pytest.approx(meta["provenance"]["held_out"]["tau_b"])
     assert report["tau_b"] > 0.5 and report["noise_ceiling"]["n"] == 200
+    assert report["expected_length_ceiling"] == pytest.approx(
+        expected_length_ceiling(report["noise_ceiling"]["tau_b"])
+    )
     assert main(["rank", "eval", "--ranker", str(tmp_path / "no.pt"), *common]) == 2

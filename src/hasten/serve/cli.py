@@ -178,6 +178,9 @@ def _print_report(report: dict, as_json: bool) -> None:
         c = report[key]
         if c is not None:
             print(f"noise ceiling ({label} prompts with 2 samples): {c['tau_b']:.4f} (n={c['n']})")
+    mean = report.get("expected_length_ceiling")
+    if mean is not None:
+        print(f"a predictor of each prompt's expected length: ~{mean:.3f} (estimated from it)")
 
 
 def _rank_train(args) -> int:

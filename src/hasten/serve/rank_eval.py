@@ -1,4 +1,4 @@
-"""How well scores rank lengths: Kendall's tau-b, a held-out split by id, the noise ceiling."""
+"""How well scores rank lengths: Kendall's tau-b, a held-out split by id, the noise ceilings."""
 
 from __future__ import annotations
 
@@ -121,3 +121,21 @@ def noise_ceiling(
         return None
     a, b = np.array(pairs, dtype=np.float64).T
     return RankScore(kendall_tau_b(a, b), len(pairs))
+
+
+def expected_length_ceiling(sample_tau: float) -> float:
+    """Estimated tau-b of a predictor that knew each prompt's expected length, given the
+    tau-b of two independent samples (:func:`noise_ceiling`).
+
+    A second sample carries sampling noise of its own, so it is not an upper bound on a
+    predictor. If a length is a per-prompt mean plus independent noise on a Gaussian copula
+    (tau-b is blind to monotone transforms of either side), two samples correlate at
+    ``r = sin(pi * tau / 2)``, the mean and one sample at ``sqrt(r)``, and tau-b follows back
+    as ``(2 / pi) * asin(sqrt(r))``: 0.267 becomes 0.44. NaN for ``sample_tau <= 0``.
+    """
+    if not -1.0 <= sample_tau <= 1.0:
+        raise ValueError(f"sample_tau must be a tau-b in [-1, 1], got {sample_tau}")
+    if sample_tau <= 0:
+        return math.nan
+    r = math.sin(math.pi * sample_tau / 2)
+    return 2 / math.pi * math.asin(math.sqrt(r))

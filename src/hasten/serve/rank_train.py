@@ -12,7 +12,13 @@ import numpy as np
 import torch
 
 from hasten.serve.losses import LOSSES, bucket_edges, length_buckets, length_labels, ranking_loss
-from hasten.serve.rank_eval import RankScore, noise_ceiling, rank_tau, split_by_id
+from hasten.serve.rank_eval import (
+    RankScore,
+    expected_length_ceiling,
+    noise_ceiling,
+    rank_tau,
+    split_by_id,
+)
 from hasten.serve.ranker import Ranker, RankerConfig
 from hasten.serve.request import Request
 from hasten.serve.trace import join_lengths, load_reference_trace, load_trace
@@ -187,6 +193,15 @@ def _epochs(cfg: TrainConfig, desc: str):
     return tqdm(epochs, desc=desc, unit="epoch")
 
 
+def _steps(cfg: TrainConfig, total: int, desc: str):
+    # Fine-tuning on a CPU takes minutes per epoch: count lists, not epochs.
+    if not cfg.progress:
+        return None
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, desc=desc, unit="list")
+
+
 def _fit_head(ranker, emb, labels, buckets, cfg, gen) -> list[float]:
     """Frozen encoder: train only the head on the prompts' precomputed embedding rows."""
     emb = emb.to(ranker.device, torch.float32)
@@ -224,10 +239,11 @@ def _fit_finetune(ranker, prompts, labels, buckets, cfg, gen) -> list[float]:
     history = []
     # Dropout draws from the global generator: seed it without disturbing the caller's.
     devices = [ranker.device.index or 0] if cuda else []
+    per_epoch = len(_lists(len(prompts), cfg.list_size, torch.Generator()))
+    steps = _steps(cfg, per_epoch * cfg.resolved_epochs, "fine-tune")
     with torch.random.fork_rng(devices=devices):
         torch.manual_seed(cfg.seed)
-        bar = _epochs(cfg, "fine-tune")
-        for _ in bar:
+        for epoch in range(cfg.resolved_epochs):
             total, lists = 0.0, _lists(len(prompts), cfg.list_size, gen)
             for idx in lists:
                 with autocast:
@@ -241,9 +257,13 @@ def _fit_finetune(ranker, prompts, labels, buckets, cfg, gen) -> list[float]:
                 loss.backward()
                 opt.step()
                 total += loss.item()
+                if steps is not None:
+                    steps.update()
             history.append(total / len(lists))
-            if hasattr(bar, "set_postfix"):
-                bar.set_postfix(loss=f"{history[-1]:.4f}")
+            if steps is not None:
+                steps.set_postfix(epoch=epoch + 1, loss=f"{history[-1]:.4f}")
+    if steps is not None:
+        steps.close()
     ranker.encoder.eval()
     ranker.head.eval()
     ranker.encoder_changed = True
@@ -279,4 +299,8 @@ def held_out_report(
         "n": len(test),
         "noise_ceiling": None if on_all is None else asdict(on_all),
         "noise_ceiling_test": None if on_test is None else asdict(on_test),
+        # What a perfect predictor of each prompt's mean length would reach (an estimate).
+        "expected_length_ceiling": (
+            None if on_all is None else expected_length_ceiling(on_all.tau_b)
+        ),
     }
