@@ -494,11 +494,13 @@ def markdown(results: dict) -> str:
         )
     t = results.get("targets", {})
     if t:
+        gap = t["adherence_gap_points"]  # teacher minus student
+        side = "below" if gap >= 0 else "above"
         lines += [
             "",
             f"Sparse student vs teacher: {t['speedup_4step_sparse_vs_teacher']:.1f}x "
             f"faster (batch: {t['speedup_batch']:.1f}x), adherence "
-            f"{t['adherence_gap_points']:+.1f} points below the teacher.",
+            f"{abs(gap):.1f} points {side} the teacher's.",
         ]
     return "\n".join(lines) + "\n"
 
