@@ -194,12 +194,11 @@ def _epochs(cfg: TrainConfig, desc: str):
 
 
 def _steps(cfg: TrainConfig, total: int, desc: str):
-    # Fine-tuning on a CPU takes minutes per epoch: count lists, not epochs.
-    if not cfg.progress:
-        return None
+    # Fine-tuning on a CPU takes minutes per epoch: count lists, not epochs. A disabled
+    # bar's update/set_postfix/close are no-ops, so callers need no checks.
     from tqdm.auto import tqdm
 
-    return tqdm(total=total, desc=desc, unit="list")
+    return tqdm(total=total, desc=desc, unit="list", disable=not cfg.progress)
 
 
 def _fit_head(ranker, emb, labels, buckets, cfg, gen) -> list[float]:
@@ -257,13 +256,10 @@ def _fit_finetune(ranker, prompts, labels, buckets, cfg, gen) -> list[float]:
                 loss.backward()
                 opt.step()
                 total += loss.item()
-                if steps is not None:
-                    steps.update()
+                steps.update()
             history.append(total / len(lists))
-            if steps is not None:
-                steps.set_postfix(epoch=epoch + 1, loss=f"{history[-1]:.4f}")
-    if steps is not None:
-        steps.close()
+            steps.set_postfix(epoch=epoch + 1, loss=f"{history[-1]:.4f}")
+    steps.close()
     ranker.encoder.eval()
     ranker.head.eval()
     ranker.encoder_changed = True
