@@ -286,6 +286,54 @@ def test_finetuned_encoder_is_saved_alongside(tiny_encoder, tmp_path):
     assert not np.allclose(fresh.score(prompts), ranker.score(prompts))
 
 
+def test_top_layer_finetune_changes_and_saves_only_those_layers(tiny_encoder, tmp_path):
+    from hasten.serve.ranker import encoder_layers
+
+    data = synthetic_requests(40, seed=7)
+    cfg = TrainConfig(mode="finetune", layers=1, epochs=1, lr=1e-3, progress=False)
+    ranker = train_ranker(data, cfg, ranker=RankerConfig(tiny_encoder, 32))
+    base = Ranker.new(RankerConfig(tiny_encoder, 32))
+    assert ranker.tuned_layers == (1,)  # the top one of the tiny BERT's two
+    changed = [
+        any(not torch.equal(a, b) for a, b in zip(la.parameters(), lb.parameters(), strict=True))
+        for la, lb in zip(encoder_layers(ranker.encoder), encoder_layers(base.encoder), strict=True)
+    ]
+    assert changed == [False, True]
+    torch.testing.assert_close(
+        ranker.encoder.embeddings.word_embeddings.weight,
+        base.encoder.embeddings.word_embeddings.weight,
+        rtol=0,
+        atol=0,
+    )
+    # Training leaves every parameter trainable again (a later full fine-tune is not frozen).
+    assert all(p.requires_grad for p in ranker.encoder.parameters())
+
+    json_path = ranker.save(tmp_path / "top.pt")
+    meta = json.loads(json_path.read_text())
+    assert meta["tuned_layers"] == [1] and meta["encoder_saved"] is False
+    assert not (tmp_path / "top.encoder").exists()
+    state = torch.load(tmp_path / "top.layers.pt", weights_only=True)
+    assert {k.split(".")[0] for k in state} == {"1"}
+    assert {v.dtype for v in state.values()} == {torch.float16}
+
+    prompts = [r.prompt for r in data[:6]]
+    loaded = Ranker.load(tmp_path / "top.pt")
+    assert loaded.tuned_layers == (1,) and loaded.encoder_changed
+    # Float16 storage of the tuned layer: scores agree to half precision, not exactly.
+    np.testing.assert_allclose(loaded.score(prompts), ranker.score(prompts), rtol=0, atol=2e-3)
+    # ... and the saved layer is what carries the fine-tune: the base layer scores otherwise.
+    encoder_layers(loaded.encoder)[1].load_state_dict(encoder_layers(base.encoder)[1].state_dict())
+    assert not np.allclose(loaded.score(prompts), ranker.score(prompts), atol=2e-3)
+
+    (tmp_path / "top.layers.pt").unlink()
+    with pytest.raises(FileNotFoundError, match=r"tuned layers \[1\] should be in"):
+        Ranker.load(tmp_path / "top.pt")
+    with pytest.raises(ValueError, match="needs mode='finetune'"):
+        TrainConfig(layers=1)
+    with pytest.raises(ValueError, match="the encoder has 2; pass layers <= 2"):
+        train_ranker(data, TrainConfig(mode="finetune", layers=3, progress=False), ranker=base)
+
+
 def test_errors_teach(tiny_encoder, tmp_path):
     with pytest.raises(ValueError, match="exceeds the encoder's 64 positions"):
         Ranker.new(RankerConfig(tiny_encoder, max_tokens=512))

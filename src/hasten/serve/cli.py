@@ -124,7 +124,14 @@ def add_rank_commands(sub) -> None:
         choices=MODES,
         default="head",
         help="head: frozen encoder, embeddings computed once (CPU-friendly); "
-        "finetune: encoder and head (wants a GPU)",
+        "finetune: encoder and head (wants a GPU, or --layers on a CPU)",
+    )
+    t.add_argument(
+        "--layers",
+        type=int,
+        default=None,
+        help="with --mode finetune: train only the top N encoder layers (cheaper; saved as "
+        "those layers alone, a few MB)",
     )
     t.add_argument("--epochs", type=int, default=None, help="default: head 30, finetune 5")
     t.add_argument("--lr", type=float, default=None, help="default: head 1e-3, finetune 2e-5")
@@ -203,6 +210,7 @@ def _rank_train(args) -> int:
     cfg = TrainConfig(
         loss=args.loss,
         mode=args.mode,
+        layers=args.layers,
         epochs=args.epochs,
         lr=args.lr,
         list_size=args.list_size,

@@ -10,6 +10,7 @@ from typing import Literal
 
 import numpy as np
 import torch
+from torch import nn
 
 from hasten.serve.losses import LOSSES, bucket_edges, length_buckets, length_labels, ranking_loss
 from hasten.serve.rank_eval import (
@@ -19,7 +20,7 @@ from hasten.serve.rank_eval import (
     rank_tau,
     split_by_id,
 )
-from hasten.serve.ranker import Ranker, RankerConfig
+from hasten.serve.ranker import Ranker, RankerConfig, encoder_layers
 from hasten.serve.request import Request
 from hasten.serve.trace import join_lengths, load_reference_trace, load_trace
 
@@ -40,6 +41,9 @@ class TrainConfig:
     (higher = shorter). ``loss="classify"`` trains the bucket baseline with ``classes``
     quantile buckets instead. ``mode="head"`` freezes the encoder and embeds every prompt
     once (fast on a CPU); ``mode="finetune"`` trains encoder and head (wants a GPU).
+    ``layers=N`` fine-tunes only the top N encoder layers (and the head): the backward pass
+    stops at the frozen layers, so it is cheaper, and the saved ranker holds just those
+    layers in float16 (megabytes, small enough to ship; the whole MiniLM is 88 MB).
     ``lr`` and ``epochs`` default per mode (:data:`DEFAULT_LR`, :data:`DEFAULT_EPOCHS`).
     The optimiser is Adam with L2 ``weight_decay``, as in the paper's trainer.
     """
@@ -52,6 +56,7 @@ class TrainConfig:
     list_size: int = 32
     bucket_tokens: int = 10
     classes: int = 10
+    layers: int | None = None
     seed: int = 0
     # Performance knobs: prompts per encoder call when embedding (head mode and scoring).
     batch_size: int = 32
@@ -66,6 +71,11 @@ class TrainConfig:
             raise ValueError(f"epochs must be >= 1, got {self.epochs}")
         if self.lr is not None and not self.lr > 0:
             raise ValueError(f"lr must be > 0, got {self.lr}")
+        if self.layers is not None and (self.mode != "finetune" or self.layers < 1):
+            raise ValueError(
+                f"layers={self.layers} needs mode='finetune' and layers >= 1 (the top encoder "
+                f"layers to train); mode='head' trains no encoder layer"
+            )
         if self.list_size < 2:
             raise ValueError(f"a list needs >= 2 prompts to have an order, got {self.list_size}")
         if self.weight_decay < 0 or self.bucket_tokens < 1 or self.batch_size < 1:
@@ -227,11 +237,35 @@ def _fit_head(ranker, emb, labels, buckets, cfg, gen) -> list[float]:
     return history
 
 
+def _trainable_encoder(ranker: Ranker, layers: int | None) -> list[nn.Module]:
+    """Put the encoder's trained part in train mode, freeze the rest; returns the trained part."""
+    if layers is None:
+        ranker.encoder.train()
+        ranker.tuned_layers = None  # every layer changes: saved as a whole encoder
+        return [ranker.encoder]
+    stack = encoder_layers(ranker.encoder)
+    if layers > len(stack):
+        raise ValueError(
+            f"layers={layers} but the encoder has {len(stack)}; pass layers <= {len(stack)} "
+            f"or layers=None for all of it"
+        )
+    top = list(range(len(stack) - layers, len(stack)))
+    # Frozen layers stay in eval mode: their dropout would only add noise that scoring,
+    # which runs them in eval mode, never sees.
+    ranker.encoder.eval().requires_grad_(False)
+    for i in top:
+        stack[i].train().requires_grad_(True)
+    if not (ranker.encoder_changed and ranker.tuned_layers is None):
+        # Continuing a partial fine-tune keeps its earlier layers; a whole one stays whole.
+        ranker.tuned_layers = tuple(sorted(set(top) | set(ranker.tuned_layers or ())))
+    return [stack[i] for i in top]
+
+
 def _fit_finetune(ranker, prompts, labels, buckets, cfg, gen) -> list[float]:
-    """Encoder and head together, one list per step; bf16 autocast on CUDA."""
-    ranker.encoder.train()
+    """Encoder (or its top ``cfg.layers``) and head together, one list per step; bf16 on CUDA."""
+    trained = _trainable_encoder(ranker, cfg.layers)
     ranker.head.train()
-    params = list(ranker.encoder.parameters()) + list(ranker.head.parameters())
+    params = [p for m in trained for p in m.parameters()] + list(ranker.head.parameters())
     opt = torch.optim.Adam(params, lr=cfg.resolved_lr, weight_decay=cfg.weight_decay)
     cuda = ranker.device.type == "cuda"
     autocast = torch.autocast("cuda", dtype=torch.bfloat16) if cuda else contextlib.nullcontext()
@@ -260,7 +294,7 @@ def _fit_finetune(ranker, prompts, labels, buckets, cfg, gen) -> list[float]:
             history.append(total / len(lists))
             steps.set_postfix(epoch=epoch + 1, loss=f"{history[-1]:.4f}")
     steps.close()
-    ranker.encoder.eval()
+    ranker.encoder.eval().requires_grad_(True)
     ranker.head.eval()
     ranker.encoder_changed = True
     return history

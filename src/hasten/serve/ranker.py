@@ -114,6 +114,7 @@ class Ranker:
         *,
         device: str | torch.device | None = None,
         encoder_changed: bool = False,
+        tuned_layers: Sequence[int] | None = None,
         provenance: dict | None = None,
     ) -> None:
         limit = getattr(encoder.config, "max_position_embeddings", None)
@@ -135,6 +136,12 @@ class Ranker:
         #: True once the encoder's weights differ from ``config.encoder`` (fine-tuned):
         #: :meth:`save` then writes the encoder beside the head instead of referencing it.
         self.encoder_changed = encoder_changed
+        #: When only some encoder layers were trained (their indices): :meth:`save` writes
+        #: just those layers, so a fine-tune ships in megabytes instead of the whole encoder.
+        self.tuned_layers = None if tuned_layers is None else tuple(sorted(tuned_layers))
+        if self.tuned_layers is not None:
+            self.encoder_changed = True
+            _check_layer_indices(self.tuned_layers, len(encoder_layers(encoder)))
         #: How the ranker was trained and how well it did (written by save, read by load).
         self.provenance: dict = dict(provenance or {})
         self.device = torch.device(device or default_device())
@@ -251,15 +258,19 @@ class Ranker:
         """Write the head to ``path`` (``.pt``) and config + provenance beside it (``.json``).
 
         The encoder is referenced by name when unchanged (the packaged MiniLM as ``null``);
-        a fine-tuned encoder is saved with its tokenizer in ``<stem>.encoder/``.
-        Returns the JSON path.
+        a fine-tuned encoder is saved with its tokenizer in ``<stem>.encoder/``, or, when
+        only :attr:`tuned_layers` were trained, those layers alone in ``<stem>.layers.pt``
+        (float16) over the referenced encoder. Returns the JSON path.
         """
         path = Path(path)
         if path.suffix != ".pt":
             raise ValueError(f"save a ranker to a .pt file (config goes beside it), got {path}")
         path.parent.mkdir(parents=True, exist_ok=True)
         config = asdict(self.config)
-        if self.encoder_changed:
+        whole_encoder = self.encoder_changed and self.tuned_layers is None
+        if self.tuned_layers is not None:
+            torch.save(self._layer_state(), path.with_suffix(".layers.pt"))
+        if whole_encoder:
             enc_dir = path.with_suffix(".encoder")
             self.encoder.save_pretrained(enc_dir)
             self.tokenizer.save_pretrained(enc_dir)
@@ -272,7 +283,8 @@ class Ranker:
         meta = {
             "format": FORMAT,
             "config": config,
-            "encoder_saved": self.encoder_changed,
+            "encoder_saved": whole_encoder,
+            "tuned_layers": None if self.tuned_layers is None else list(self.tuned_layers),
             "provenance": self.provenance,
         }
         json_path = path.with_suffix(".json")
@@ -304,14 +316,27 @@ class Ranker:
         encoder, tokenizer = load_encoder(config.encoder)
         head = make_head(encoder.config.hidden_size, config)
         head.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
+        tuned = meta.get("tuned_layers")
+        if tuned is not None:
+            _load_layers(encoder, tuned, path.with_suffix(".layers.pt"))
         return cls(
             config,
             encoder,
             tokenizer,
             head,
             device=device,
+            tuned_layers=tuned,
             provenance=meta.get("provenance"),
         )
+
+    def _layer_state(self) -> dict[str, torch.Tensor]:
+        """The tuned layers' weights as float16, keyed ``<layer index>.<parameter>``."""
+        layers = encoder_layers(self.encoder)
+        return {
+            f"{i}.{k}": v.detach().to("cpu", torch.float16)
+            for i in self.tuned_layers or ()
+            for k, v in layers[i].state_dict().items()
+        }
 
     @classmethod
     def default(cls, *, device=None) -> Ranker:
@@ -327,6 +352,8 @@ class Ranker:
     def __repr__(self) -> str:
         enc = self.config.encoder or "packaged all-MiniLM-L6-v2"
         tuned = ", fine-tuned" if self.encoder_changed else ""
+        if self.tuned_layers is not None:
+            tuned = f", layers {list(self.tuned_layers)} fine-tuned"
         return (
             f"Ranker(encoder={enc!r}{tuned}, head={self.config.head!r}, "
             f"max_tokens={self.config.max_tokens}, device={self.device})"
@@ -342,6 +369,41 @@ def make_head(hidden: int, config: RankerConfig, *, seed: int = 0) -> nn.Linear:
         if head.bias is not None:
             head.bias.zero_()
     return head
+
+
+def encoder_layers(encoder: nn.Module) -> nn.ModuleList:
+    """The stack of transformer layers of a HF encoder (BERT, RoBERTa, DistilBERT, ...)."""
+    for path in ("encoder.layer", "transformer.layer", "layers", "encoder.layers"):
+        module = encoder
+        for name in path.split("."):
+            module = getattr(module, name, None)
+        if isinstance(module, nn.ModuleList):
+            return module
+    raise ValueError(
+        f"cannot find the layer stack of a {type(encoder).__name__} (looked for "
+        f".encoder.layer, .transformer.layer, .layers); fine-tune the whole encoder instead "
+        f"(layers=None)"
+    )
+
+
+def _check_layer_indices(indices: Sequence[int], count: int) -> None:
+    bad = [i for i in indices if not 0 <= i < count]
+    if bad or len(set(indices)) != len(indices):
+        raise ValueError(f"tuned layer indices {list(indices)} must be distinct, in 0..{count - 1}")
+
+
+def _load_layers(encoder: nn.Module, indices: Sequence[int], path: Path) -> None:
+    """Overwrite ``indices`` of ``encoder``'s layer stack with the float16 weights at ``path``."""
+    if not path.is_file():
+        raise FileNotFoundError(f"the ranker's tuned layers {list(indices)} should be in {path}")
+    layers = encoder_layers(encoder)
+    _check_layer_indices(indices, len(layers))
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    for i in indices:
+        prefix = f"{i}."
+        own = {k[len(prefix) :]: v.float() for k, v in state.items() if k.startswith(prefix)}
+        # strict: a layer file of another architecture fails loudly instead of half-loading.
+        layers[i].load_state_dict(own, strict=True)
 
 
 def _check_prompts(prompts: Sequence[str]) -> None:
