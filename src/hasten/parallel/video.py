@@ -19,7 +19,7 @@ from hasten.parallel.ulysses import (
     heads_to_seq,
     seq_to_heads,
 )
-from hasten.video.attention import _order, tiled_attention
+from hasten.video.attention import _order, heads_first_attention
 from hasten.video.integrate import (
     _unwrap,
     disable_sparse_attention,
@@ -104,12 +104,13 @@ class VideoExchange:
         lo = rank * hp
 
         def full(x):
-            # [B, S_rank, H, D] video piece + whole text -> my heads over the whole sequence.
+            # [B, S_rank, H, D] video piece + whole text -> my heads over the whole sequence,
+            # heads first and contiguous (the layout the kernels load k and v through TMA).
             vid, txt = self._split(x, mine)
-            vid = seq_to_heads(vid.transpose(1, 2), plan, self.group).transpose(1, 2)
-            return self._join(vid, txt[:, :, lo : lo + hp])
+            vid = seq_to_heads(vid.transpose(1, 2), plan, self.group)
+            return self._join(vid, txt[:, :, lo : lo + hp].transpose(1, 2), dim=2)
 
-        out = tiled_attention(
+        out = heads_first_attention(
             full(q),
             full(k),
             full(v),
@@ -118,24 +119,25 @@ class VideoExchange:
             lengths,
             backend=runtime.backend,
         )
-        vid, txt = self._split(out, self.video_tokens)
-        vid = heads_to_seq(vid.transpose(1, 2), plan, self.group).transpose(1, 2)
+        vid, txt = self._split(out, self.video_tokens, dim=2)
+        vid = heads_to_seq(vid, plan, self.group).transpose(1, 2)
+        txt = txt.transpose(1, 2)
         if not text:
             return vid
         # Every rank computed the text for its own heads: put the heads back together.
         parts = _quiet(dist_fn.all_gather, txt.contiguous(), group=self.group)
         return self._join(vid, torch.cat(parts, dim=2))
 
-    def _split(self, x: torch.Tensor, video: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """``(video, text)`` of a sequence that holds ``video`` video tokens."""
-        text = x.shape[1] - video
+    def _split(self, x: torch.Tensor, video: int, dim: int = 1) -> tuple[torch.Tensor, ...]:
+        """``(video, text)`` of a sequence (along ``dim``) that holds ``video`` video tokens."""
+        text = x.shape[dim] - video
         if self.text_first:
-            txt, vid = x.split([text, video], dim=1)
+            txt, vid = x.split([text, video], dim=dim)
             return vid, txt
-        return tuple(x.split([video, text], dim=1))
+        return tuple(x.split([video, text], dim=dim))
 
-    def _join(self, vid: torch.Tensor, txt: torch.Tensor) -> torch.Tensor:
-        return torch.cat([txt, vid] if self.text_first else [vid, txt], dim=1)
+    def _join(self, vid: torch.Tensor, txt: torch.Tensor, dim: int = 1) -> torch.Tensor:
+        return torch.cat([txt, vid] if self.text_first else [vid, txt], dim=dim)
 
 
 @dataclass
