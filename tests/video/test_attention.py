@@ -43,6 +43,41 @@ def test_video_attention_matches_float64_oracle(case, seed):
     )
 
 
+@pytest.mark.gpu
+@pytest.mark.parametrize("case", ["text-last-padded", "text-first-padded", "video-only"])
+def test_video_attention_on_cuda_matches_float64_oracle(case, seed):
+    # The Triton kernel in the model's layout: permutation, head groups, TMA loads of k, v.
+    layout, pattern, lengths = CASES[case]
+    lens = None if lengths is None else torch.tensor(lengths)
+    q, k, v = (
+        torch.randn(2, layout.seq_len, 4, 64, device="cuda", dtype=torch.bfloat16)
+        for _ in range(3)
+    )
+    out = video_attention(q, k, v, layout, pattern, lens, backend="triton")
+    ref = oracle(*(x.cpu().double() for x in (q, k, v)), layout, pattern, lens)
+    same = torch_same_dtype(q, k, v, layout, pattern, lens)
+    assert_within_torch_error(out.cpu().double(), same.cpu().double(), ref, torch.bfloat16)
+
+
+def test_kernels_get_contiguous_heads_first_tensors(monkeypatch, seed):
+    # The Triton kernel loads k and v through TMA only from contiguous [B, H, S, D]: the
+    # permutation must produce that layout, not a transposed view of [B, S, H, D].
+    import hasten.video.attention as va
+
+    seen = []
+
+    def spy(q, k, v, *args, **kw):
+        seen.append(all(x.is_contiguous() for x in (q, k, v)))
+        return real(q, k, v, *args, **kw)
+
+    real = va.sparse_attention
+    monkeypatch.setattr(va, "sparse_attention", spy)
+    layout, pattern, lengths = CASES["text-last-padded"]
+    q, k, v = (torch.randn(2, layout.seq_len, 4, 16) for _ in range(3))
+    video_attention(q, k, v, layout, pattern, torch.tensor(lengths), backend="reference")
+    assert seen and all(seen), seen
+
+
 def test_dense_drops_padding_by_cutting_keys(seed):
     # Different valid lengths in one batch: each sample gets its own cut, padded text queries
     # included (they see every valid key, as under the model's key mask).
