@@ -50,8 +50,7 @@ def test_video_attention_on_cuda_matches_float64_oracle(case, seed):
     layout, pattern, lengths = CASES[case]
     lens = None if lengths is None else torch.tensor(lengths)
     q, k, v = (
-        torch.randn(2, layout.seq_len, 4, 64, device="cuda", dtype=torch.bfloat16)
-        for _ in range(3)
+        torch.randn(2, layout.seq_len, 4, 64, device="cuda", dtype=torch.bfloat16) for _ in range(3)
     )
     out = video_attention(q, k, v, layout, pattern, lens, backend="triton")
     ref = oracle(*(x.cpu().double() for x in (q, k, v)), layout, pattern, lens)
