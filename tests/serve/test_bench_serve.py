@@ -18,6 +18,7 @@ from hasten.serve.loadgen import (
     request_body,
     run_load,
 )
+from hasten.serve.ranker import DEFAULT_RANKER
 from hasten.serve.request import Request
 from hasten.serve.serve_cli import SCHEDULER_CLS, ServeConfig, vllm_command
 
@@ -81,7 +82,7 @@ def test_held_out_keeps_exactly_the_requests_the_packaged_ranker_never_saw():
     workload = load_workload("sharegpt", LENGTHS)
     kept = select(workload, held_out_only=True)
     assert kept.requests and all(held_out(r.id) for r in kept.requests)
-    meta = json.loads((REPO / "src/hasten/serve/data/ranker-minilm-head.json").read_text())
+    meta = json.loads(DEFAULT_RANKER.with_suffix(".json").read_text())
     assert len(kept) == len(workload) - meta["provenance"]["train"]["n_train"]
     assert select(workload, skip=3, held_out_only=True).requests == kept.requests[3:]
 
