@@ -24,7 +24,6 @@ from hasten.attn.kernels.ops import (  # noqa: E402  (needs triton)
     KernelConfig,
     PassConfig,
     kernel_tables,
-    row_order,
     sparse_attention_triton,
 )
 
@@ -116,28 +115,6 @@ def test_tile_aligned_chunks_need_no_element_masks_for_sta():
     assert not t.rows.has_masked and not t.cols.has_masked
     t = kernel_tables(layout, FrameTiles(2), None, 128, 64, "cpu")
     assert t.rows.cell_mask
-
-
-def test_heavy_rows_launch_first_exact():
-    # Per (batch, head) chunk counts of 6 rows: the median row has 3; rows 2 and 4 (9 and 20
-    # in some head) are heavy and lead, most work first; the rest keep their order.
-    count = torch.tensor([[[3, 3, 9, 3, 1, 3], [2, 3, 1, 3, 20, 3]]], dtype=torch.int32)
-    order, n_heavy = row_order(count)
-    assert order.tolist() == [4, 2, 0, 1, 3, 5] and n_heavy == 2
-    order, n_heavy = row_order(torch.full((1, 1, 5), 7, dtype=torch.int32))
-    assert order.tolist() == [0, 1, 2, 3, 4] and n_heavy == 0
-
-
-def test_text_queries_and_keys_are_the_heavy_rows():
-    # HunyuanVideo 720p: the 2 text query chunks see all 902 kv chunks, a video chunk ~83;
-    # as kv chunks (dk, dv) the 2 text chunks are seen by every query chunk.
-    layout = VideoLayout((30, 48, 80), (6, 8, 8), text_tokens=256)
-    t = kernel_tables(layout, SlidingTile((3, 3, 3)), None, 128, 128, "cpu")
-    n = len(t.q_bounds) - 1
-    assert t.rows.n_heavy == 2 and t.cols.n_heavy >= 2
-    for lists in (t.rows, t.cols):
-        order = lists.tensors[4].tolist()
-        assert sorted(order[:2]) == [n - 2, n - 1] and sorted(order) == list(range(n))
 
 
 def test_public_op_and_backend_choice(seed):

@@ -91,36 +91,17 @@ def _fwd_inner(acc, l_i, m_i, q, K, V, desc_k, desc_v, row0, stride_ks, stride_v
 
 
 @triton.jit
-def _schedule(ORDER, N_HEAVY):
-    # (row chunk, batch x head) of this program. Programs start in launch order (axis 0
-    # fastest): first the N_HEAVY heavy rows of every (batch, head), then the other rows head
-    # by head. A heavy row (text queries see every key: 10x the work of a video row) that
-    # started last would keep one SM busy for milliseconds after the rest of the card is done;
-    # head by head, programs running together share their kv chunks in L2.
-    rows = tl.num_programs(0)
-    bhs = tl.num_programs(1)
-    pid = tl.program_id(1) * rows + tl.program_id(0)
-    first = N_HEAVY * bhs
-    rest = pid - first
-    light = tl.maximum(rows - N_HEAVY, 1)
-    heavy = pid < first
-    r = tl.where(heavy, pid // bhs, N_HEAVY + rest % light)
-    bh = tl.where(heavy, pid % bhs, rest // light)
-    return tl.load(ORDER + r), bh
-
-
-@triton.jit
 def _attn_fwd(
     Q, K, V, O, LSE, desc_k, desc_v, stride_qb, stride_qh, stride_qs, stride_kb, stride_kh, stride_ks,
     stride_vb, stride_vh, stride_vs, stride_ob, stride_oh, stride_os, stride_lb, stride_lh, QB, KVB,
     FULL_N, FULL_I, PART_N, PART_I, stride_nb, stride_nh, stride_nq, stride_ib, stride_ih, stride_iq,
-    stride_pb, stride_ph, stride_pq, ORDER, N_HEAVY, CELL, KEEP, stride_keep_h, stride_keep_q, PAD, H, S,
-    qk_scale,
+    stride_pb, stride_ph, stride_pq, CELL, KEEP, stride_keep_h, stride_keep_q, PAD, H, S, qk_scale,
     HEAD_DIM: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, HAS_MASKED: tl.constexpr,
     CELL_MASK: tl.constexpr, PAD_MASK: tl.constexpr, USE_TMA: tl.constexpr, UPCAST: tl.constexpr,
     WARP_SPEC: tl.constexpr,
 ):
-    i, bh = _schedule(ORDER, N_HEAVY)
+    i = tl.program_id(0)
+    bh = tl.program_id(1)
     b = bh // H
     h = bh % H
     qs = tl.load(QB + i)
@@ -200,14 +181,14 @@ def _attn_bwd_dkdv(
     Q, K, V, DO, DK, DV, LSE, DELTA, stride_qb, stride_qh, stride_qs, stride_kb, stride_kh, stride_ks,
     stride_vb, stride_vh, stride_vs, stride_db, stride_dh, stride_ds, stride_gb, stride_gh, stride_gs,
     stride_lb, stride_lh, QB, KVB, FULL_N, FULL_I, PART_N, PART_I, stride_nb, stride_nh, stride_nq,
-    stride_ib, stride_ih, stride_iq, stride_pb, stride_ph, stride_pq, ORDER, N_HEAVY, CELL, KEEP,
-    stride_keep_h,
+    stride_ib, stride_ih, stride_iq, stride_pb, stride_ph, stride_pq, CELL, KEEP, stride_keep_h,
     stride_keep_q, PAD, H, qk_scale, sm_scale, HEAD_DIM: tl.constexpr, BLOCK_M: tl.constexpr,
     BLOCK_N: tl.constexpr, HAS_MASKED: tl.constexpr, CELL_MASK: tl.constexpr, PAD_MASK: tl.constexpr,
     UPCAST: tl.constexpr,
 ):
     # One program per kv chunk; the table is the transposed one (its query chunks).
-    j, bh = _schedule(ORDER, N_HEAVY)
+    j = tl.program_id(0)
+    bh = tl.program_id(1)
     b = bh // H
     h = bh % H
     offs_n = tl.load(KVB + j) + tl.arange(0, BLOCK_N)
@@ -278,13 +259,13 @@ def _attn_bwd_dq(
     Q, K, V, DO, DQ, LSE, DELTA, stride_qb, stride_qh, stride_qs, stride_kb, stride_kh, stride_ks,
     stride_vb, stride_vh, stride_vs, stride_db, stride_dh, stride_ds, stride_gb, stride_gh, stride_gs,
     stride_lb, stride_lh, QB, KVB, FULL_N, FULL_I, PART_N, PART_I, stride_nb, stride_nh, stride_nq,
-    stride_ib, stride_ih, stride_iq, stride_pb, stride_ph, stride_pq, ORDER, N_HEAVY, CELL, KEEP,
-    stride_keep_h,
+    stride_ib, stride_ih, stride_iq, stride_pb, stride_ph, stride_pq, CELL, KEEP, stride_keep_h,
     stride_keep_q, PAD, H, qk_scale, sm_scale, HEAD_DIM: tl.constexpr, BLOCK_M: tl.constexpr,
     BLOCK_N: tl.constexpr, HAS_MASKED: tl.constexpr, CELL_MASK: tl.constexpr, PAD_MASK: tl.constexpr,
     UPCAST: tl.constexpr,
 ):
-    i, bh = _schedule(ORDER, N_HEAVY)
+    i = tl.program_id(0)
+    bh = tl.program_id(1)
     b = bh // H
     h = bh % H
     offs_m = tl.load(QB + i) + tl.arange(0, BLOCK_M)

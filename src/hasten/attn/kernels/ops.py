@@ -69,14 +69,12 @@ class KernelConfig:
 
 @dataclass(frozen=True)
 class ChunkLists:
-    """One kernel's view of a table: per row, the chunks that run unmasked and the masked ones,
-    and the rows' launch order (``tensors[4]``: the ``n_heavy`` heavy rows first)."""
+    """One kernel's view of a table: per row, the chunks that run unmasked and the masked ones."""
 
-    tensors: tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]
+    tensors: tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]
     has_masked: bool
     cell_mask: bool
     pad_mask: bool
-    n_heavy: int = 0
 
 
 @dataclass(frozen=True)
@@ -100,38 +98,20 @@ def _lists(table: BlockTable, unpadded: BlockTable, padded: bool, device) -> Chu
     entry = torch.diff(table.kv_bounds) == table.kv_block
     unmasked = (table.state == FULL) & entry
     masked = (table.state != SKIP) & ~unmasked
-    out, work = [], 0
+    out = []
     for hit in (unmasked, masked):
         count, idx = index_lists(hit)
-        work = work + count
         idx = idx[..., : max(int(count.max()), 1)]
         if hit is unmasked:  # the kernels read these entries' first tokens directly
             idx = table.kv_bounds[idx.long()].to(torch.int32)
         out += [count.to(device), idx.contiguous().to(device)]
-    order, n_heavy = row_order(work)
     return ChunkLists(
-        tensors=(*out, order.to(device)),
-        n_heavy=n_heavy,
+        tensors=tuple(out),
         has_masked=bool(masked.any()),
         # Pairs the pattern keeps only in part, padding aside, need the cell lookup.
         cell_mask=bool((unpadded.state == PARTIAL).any()),
         pad_mask=padded,
     )
-
-
-def row_order(count: torch.Tensor, heavy_factor: float = 2.0) -> tuple[torch.Tensor, int]:
-    """Launch order of a table's rows from their chunk counts ``[B, H, n]``, and how many lead.
-
-    Rows with more than ``heavy_factor`` times the median row's chunks (in any batch or
-    head) are heavy: they go first, most work first, so none starts last; the rest keep their
-    order (neighbouring rows share kv chunks).
-    """
-    work = count.reshape(-1, count.shape[-1]).amax(0).double()
-    heavy = work > heavy_factor * work.median()
-    lead = torch.nonzero(heavy).squeeze(1)
-    lead = lead[torch.argsort(work[lead], descending=True, stable=True)]
-    order = torch.cat([lead, torch.nonzero(~heavy).squeeze(1)])
-    return order.to(torch.int32), len(lead)
 
 
 @functools.lru_cache(maxsize=32)
@@ -190,14 +170,11 @@ def _keep_args(keep: torch.Tensor) -> list:
 
 def _meta(lists: ChunkLists, p: PassConfig, tma: bool = False, ws: bool = False) -> list[int]:
     flags = (lists.has_masked, lists.cell_mask, lists.pad_mask, tma)
-    return [
-        p.block_m, p.block_n, *(int(f) for f in flags), p.num_warps, p.num_stages, int(ws),
-        lists.n_heavy,
-    ]  # fmt: skip
+    return [p.block_m, p.block_n, *(int(f) for f in flags), p.num_warps, p.num_stages, int(ws)]
 
 
 def _flags(meta: list[int]) -> dict:
-    bm, bn, has_masked, cell_mask, pad_mask, _, warps, stages, _, _ = meta
+    bm, bn, has_masked, cell_mask, pad_mask, _, warps, stages, _ = meta
     return dict(
         BLOCK_M=bm, BLOCK_N=bn, HAS_MASKED=bool(has_masked), CELL_MASK=bool(cell_mask),
         PAD_MASK=bool(pad_mask), UPCAST=interpreting(), num_warps=warps, num_stages=stages,
@@ -234,7 +211,7 @@ def _descriptor(t: torch.Tensor, block_n: int):
 
 
 def _fwd(q, k, v, t: list[torch.Tensor], scale: float, meta: list[int]):
-    q_bounds, kv_bounds, n, i, pn, pi, order, cell, keep, pad = t
+    q_bounds, kv_bounds, n, i, pn, pi, cell, keep, pad = t
     B, H, S, D = q.shape
     o = torch.empty_like(q)
     lse = torch.empty(B, H, S, device=q.device, dtype=torch.float32)
@@ -243,8 +220,8 @@ def _fwd(q, k, v, t: list[torch.Tensor], scale: float, meta: list[int]):
     args = [
         q, k, v, o, lse, desc_k, desc_v,
         *_strides3(q), *_strides3(k), *_strides3(v), *_strides3(o), lse.stride(0), lse.stride(1),
-        q_bounds, kv_bounds, *_table_args(n, i, pn, pi), order, meta[9], cell, *_keep_args(keep),
-        pad, H, S, scale * K.LOG2E,
+        q_bounds, kv_bounds, *_table_args(n, i, pn, pi), cell, *_keep_args(keep), pad, H, S,
+        scale * K.LOG2E,
     ]  # fmt: skip
     _launch("fwd", K._attn_fwd, (len(q_bounds) - 1, B * H), args, meta, q,
             HEAD_DIM=D, USE_TMA=tma, WARP_SPEC=bool(meta[8]))  # fmt: skip
@@ -258,18 +235,18 @@ def _bwd(do, q, k, v, o, lse, t_cols, t_rows, scale, meta_cols, meta_rows):
     delta = (o.float() * do.float()).sum(-1)
     dq, dk, dv = torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
     common = [*_strides3(q), *_strides3(k), *_strides3(v), *_strides3(do)]
-    qb, kb, n, i, pn, pi, order, cell, keep, pad = t_cols
+    qb, kb, n, i, pn, pi, cell, keep, pad = t_cols
     args = [
         q, k, v, do, dk, dv, lse, delta, *common, *_strides3(dk), lse.stride(0), lse.stride(1),
-        qb, kb, *_table_args(n, i, pn, pi), order, meta_cols[9], cell, *_keep_args(keep), pad, H,
-        scale * K.LOG2E, scale,
+        qb, kb, *_table_args(n, i, pn, pi), cell, *_keep_args(keep), pad, H, scale * K.LOG2E,
+        scale,
     ]  # fmt: skip
     _launch("dkdv", K._attn_bwd_dkdv, (len(kb) - 1, B * H), args, meta_cols, q, HEAD_DIM=D)
-    qb, kb, n, i, pn, pi, order, cell, keep, pad = t_rows
+    qb, kb, n, i, pn, pi, cell, keep, pad = t_rows
     args = [
         q, k, v, do, dq, lse, delta, *common, *_strides3(dq), lse.stride(0), lse.stride(1),
-        qb, kb, *_table_args(n, i, pn, pi), order, meta_rows[9], cell, *_keep_args(keep), pad, H,
-        scale * K.LOG2E, scale,
+        qb, kb, *_table_args(n, i, pn, pi), cell, *_keep_args(keep), pad, H, scale * K.LOG2E,
+        scale,
     ]  # fmt: skip
     _launch("dq", K._attn_bwd_dq, (len(qb) - 1, B * H), args, meta_rows, q, HEAD_DIM=D)
     return dq, dk, dv
@@ -291,8 +268,8 @@ def block_sparse_attn(
     """Forward: ``(out, lse)`` with ``lse`` in base 2, fp32 ``[B, H, S]``.
 
     Each ``*_meta`` is ``[block_m, block_n, has_masked, cell_mask, pad_mask, tma, warps,
-    stages, warp_specialize, n_heavy]`` for that kernel's tables; the backward kernels'
-    tables ride along for autograd.
+    stages, warp_specialize]`` for that kernel's tables; the backward kernels' tables ride
+    along for autograd.
     """
     return _fwd(q, k, v, tables, scale, meta)
 
