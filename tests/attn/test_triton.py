@@ -117,6 +117,29 @@ def test_tile_aligned_chunks_need_no_element_masks_for_sta():
     assert t.rows.cell_mask
 
 
+@pytest.mark.parametrize("lengths", [None, (5, 2)])
+def test_per_head_tables_stack_the_rule_tables_exactly(lengths):
+    # Per-head tables are stacked from each rule's own tables; they must say exactly what
+    # tables built from the per-head pattern as a whole say.
+    from hasten.attn.kernels.ops import _cached_tables
+
+    layout = VideoLayout((3, 5, 6), (1, 2, 4), text_tokens=5)
+    pattern = SlidingTile([(1, 1, 1), (3, 3, 1), (1, 1, 1), (3, 1, 3)])
+    stacked = kernel_tables(layout, pattern, lengths, 16, 32, "cpu")
+    whole = _cached_tables(layout, pattern, lengths, 16, 32, "cpu")
+    assert torch.equal(stacked.keep, whole.keep)
+    for a, b in ((stacked.rows, whole.rows), (stacked.cols, whole.cols)):
+        assert (a.has_masked, a.cell_mask, a.pad_mask) == (b.has_masked, b.cell_mask, b.pad_mask)
+        for count, idx in ((0, 1), (2, 3)):
+            n = a.tensors[count]
+            assert torch.equal(n, b.tensors[count])
+            used = torch.arange(a.tensors[idx].shape[-1]) < n[..., None]
+            w = b.tensors[idx].shape[-1]
+            ours, theirs = a.tensors[idx][..., :w], b.tensors[idx]
+            assert torch.equal(ours[used[..., :w]], theirs[used[..., :w]])
+            assert not used[..., w:].any()
+
+
 def test_public_op_and_backend_choice(seed):
     layout, pattern, lengths = CASES["per-head+text"]
     q, k, v = _inputs(layout, DTYPES[0])

@@ -78,9 +78,28 @@ class Pattern:
             return self
         if not 0 <= start < stop <= self.heads:
             raise ValueError(f"heads {start}:{stop} are outside the pattern's {self.heads} heads")
-        return self._with_heads(slice(start, stop))
+        return self.pick_heads(range(start, stop))
 
-    def _with_heads(self, heads: slice) -> Pattern:
+    def pick_heads(self, heads: Sequence[int]) -> Pattern:
+        """The per-head pattern of these heads, in this order."""
+        if self.heads is None:
+            return self
+        bad = [h for h in heads if not 0 <= h < self.heads]
+        if bad or not heads:
+            raise ValueError(f"heads {list(heads)} must be a non-empty list in 0..{self.heads - 1}")
+        return self._with_heads(list(heads))
+
+    def head_rules(self) -> tuple[Pattern, ...] | None:
+        """Per head, its rule as a one-rule pattern; ``None`` when one rule covers all heads."""
+        if self.heads is None:
+            return None
+        return tuple(self._with_heads([h]).single() for h in range(self.heads))
+
+    def single(self) -> Pattern:
+        """A one-head per-head pattern as the equivalent one-rule pattern."""
+        return self
+
+    def _with_heads(self, heads: list[int]) -> Pattern:
         raise NotImplementedError(f"{type(self).__name__} has per-head rules but no slicing")
 
 
@@ -150,8 +169,11 @@ class SlidingTile(Pattern):
             out = keep_d if out is None else out & keep_d
         return out
 
-    def _with_heads(self, heads: slice) -> SlidingTile:
-        return SlidingTile(list(self.windows[heads]))
+    def _with_heads(self, heads: list[int]) -> SlidingTile:
+        return SlidingTile([self.windows[h] for h in heads])
+
+    def single(self) -> SlidingTile:
+        return self if self.heads != 1 else SlidingTile(self.windows[0])
 
     def axis_tables(self, layout: VideoLayout) -> list[torch.Tensor]:
         """Per axis, ``[H or 1, n, n]`` bool: query tile index keeps key tile index."""
@@ -205,8 +227,11 @@ class FrameTiles(Pattern):
                 f"use 0..{T} (counted in latent frames, not video frames)"
             )
 
-    def _with_heads(self, heads: slice) -> FrameTiles:
-        return FrameTiles(list(self.ks[heads]))
+    def _with_heads(self, heads: list[int]) -> FrameTiles:
+        return FrameTiles([self.ks[h] for h in heads])
+
+    def single(self) -> FrameTiles:
+        return self if self.heads != 1 else FrameTiles(self.ks[0])
 
     def keep_video(self, q: Coords, k: Coords, layout: VideoLayout) -> torch.Tensor:
         g = torch.tensor(self.ks)[:, None, None]

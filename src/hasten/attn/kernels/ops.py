@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import math
 import os
@@ -9,6 +10,7 @@ import warnings
 from dataclasses import dataclass
 
 import torch
+import torch.nn.functional as F
 from triton.runtime.errors import OutOfResources
 
 from hasten.attn.block_table import (
@@ -143,9 +145,49 @@ def _cached_tables(layout, pattern, lengths, block_m, block_n, device) -> Kernel
 def kernel_tables(
     layout: VideoLayout, pattern, text_lengths, block_m: int, block_n: int, device
 ) -> KernelTables:
-    """Tile-aligned chunk tables for these chunk sizes (cached per shape and device)."""
+    """Tile-aligned chunk tables for these chunk sizes (cached per shape and device).
+
+    A per-head pattern's tables are the one-rule tables of its heads' rules, stacked along
+    heads on the device: strategies draw every (step, layer) from a few candidate windows,
+    so the few rule tables are built once and each new per-head mix costs a few copies.
+    """
     lengths = None if text_lengths is None else tuple(int(x) for x in text_lengths)
-    return _cached_tables(layout, pattern, lengths, block_m, block_n, str(device))
+    rules = pattern.head_rules()
+    if rules is None or len(set(rules)) == 1:
+        rule = pattern if rules is None else rules[0]
+        return _cached_tables(layout, rule, lengths, block_m, block_n, str(device))
+    built = {r: _cached_tables(layout, r, lengths, block_m, block_n, str(device)) for r in rules}
+    return _stack_heads([built[r] for r in rules])
+
+
+def _stack_heads(per_head: list[KernelTables]) -> KernelTables:
+    first = per_head[0]
+    return dataclasses.replace(
+        first,
+        rows=_stack_lists([t.rows for t in per_head]),
+        cols=_stack_lists([t.cols for t in per_head]),
+        keep=torch.cat([t.keep for t in per_head], dim=0),
+    )
+
+
+def _stack_lists(per_head: list[ChunkLists]) -> ChunkLists:
+    # Counts [B, 1, n] and index lists [B, 1, n, width]: widths differ by rule, so the lists
+    # are padded to the widest (entries past a row's count are never read), once per rule.
+    widths = {k: max(lists.tensors[k].shape[-1] for lists in per_head) for k in (1, 3)}
+    fitted: dict[int, list[torch.Tensor]] = {}
+    for lists in per_head:
+        if id(lists) not in fitted:
+            fitted[id(lists)] = [
+                F.pad(t, (0, widths[k] - t.shape[-1])) if k in widths else t
+                for k, t in enumerate(lists.tensors)
+            ]
+    stacked = [torch.cat([fitted[id(x)][k] for x in per_head], dim=1) for k in range(4)]
+    return ChunkLists(
+        tensors=tuple(stacked),
+        has_masked=any(x.has_masked for x in per_head),
+        cell_mask=any(x.cell_mask for x in per_head),
+        pad_mask=per_head[0].pad_mask,
+    )
 
 
 def _strides3(t: torch.Tensor) -> tuple[int, int, int]:
@@ -333,7 +375,12 @@ def sparse_attention_triton(
     def tables(p: PassConfig) -> KernelTables:
         return kernel_tables(layout, pattern, text_lengths, p.block_m, p.block_n, q.device)
 
-    fwd, dkdv, dq = tables(c.fwd), tables(c.dkdv), tables(c.dq)
+    fwd = tables(c.fwd)
+    if torch.is_grad_enabled() and any(t.requires_grad for t in (q, k, v)):
+        dkdv, dq = tables(c.dkdv), tables(c.dq)
+    else:  # no backward can run: the forward's tables stand in for the backward's
+        dkdv, dq = fwd, fwd
+        c = dataclasses.replace(c, dkdv=c.fwd, dq=c.fwd)
     out, _ = block_sparse_attn(
         q,
         k,
