@@ -346,6 +346,7 @@ class Ranker:
             raise FileNotFoundError(
                 f"no packaged ranker at {DEFAULT_RANKER}; train one with "
                 f"`hasten rank train --prompts sharegpt --lengths traces/sharegpt-smollm2.jsonl "
+                f"--mode finetune --layers 2 --epochs 3 --lr 5e-5 --max-tokens 256 "
                 f"--out {DEFAULT_RANKER}` (or pass --ranker PATH / Ranker.load(PATH))"
             )
         return cls.load(DEFAULT_RANKER, device=device)
