@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import random
-import statistics
 import sys
 from pathlib import Path
 
@@ -25,23 +24,13 @@ except ImportError:  # a bare copy of the tree (the GPU machine): use the source
     sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
 from hasten.attn import SlidingTile, VideoLayout, sparse_attention
-from hasten.attn.bench import card_slug, environment, write_json
+from hasten.attn.bench import Timing, card_slug, environment, time_ms, write_json
 from hasten.video.attention import _order, head_groups, video_attention
 from hasten.video.fullsize import HUNYUAN
 
 
-def median_ms(fn, repeats: int) -> float:
-    fn()  # compile and build tables
-    torch.cuda.synchronize()
-    times = []
-    for _ in range(repeats):
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        start.record()
-        fn()
-        end.record()
-        torch.cuda.synchronize()
-        times.append(start.elapsed_time(end))
-    return statistics.median(times)
+def median_ms(fn, device) -> float:
+    return time_ms(fn, device, Timing())[0]
 
 
 def grouped(q, k, v, layout, pattern):
@@ -59,7 +48,6 @@ def grouped(q, k, v, layout, pattern):
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--out", type=Path, default=Path("benchmarks/results"))
-    p.add_argument("--repeats", type=int, default=10)
     args = p.parse_args(argv)
     if not torch.cuda.is_available():
         p.error("this benchmark needs a CUDA device")
@@ -76,15 +64,13 @@ def main(argv: list[str] | None = None) -> int:
     rows = []
     for name, pattern in patterns.items():
         row = {"pattern": name, "window": repr(pattern)}
-        row["layer_ms"] = median_ms(
-            lambda p=pattern: video_attention(q, k, v, layout, p), args.repeats
-        )
+        row["layer_ms"] = median_ms(lambda p=pattern: video_attention(q, k, v, layout, p), device)
         row["kernel_only_ms"] = median_ms(
-            lambda p=pattern: sparse_attention(*heads_first, layout, p), args.repeats
+            lambda p=pattern: sparse_attention(*heads_first, layout, p), device
         )
         if pattern.heads is not None:
             row["head_groups_layer_ms"] = median_ms(
-                lambda p=pattern: grouped(q, k, v, layout, p), args.repeats
+                lambda p=pattern: grouped(q, k, v, layout, p), device
             )
             diff = grouped(q, k, v, layout, pattern) - video_attention(q, k, v, layout, pattern)
             row["max_abs_diff_vs_groups"] = float(diff.abs().max())

@@ -104,24 +104,19 @@ def head_groups(pattern: Pattern, heads: int) -> list[tuple[Pattern, list[int] |
     Strategies pick from a few candidate windows, so the groups are few and each group's
     kernel tables are cached across layers and steps.
     """
-    if pattern.heads is None:
+    rules = pattern.head_rules()
+    if rules is None:
         return [(pattern, None)]
-    if isinstance(pattern, SlidingTile):
-        rules, make = pattern.windows, SlidingTile
-    elif isinstance(pattern, FrameTiles):
-        rules, make = pattern.ks, FrameTiles
-    else:
-        raise TypeError(f"cannot split {type(pattern).__name__} into head groups")
     if len(rules) != heads:
         raise ValueError(
             f"{pattern!r} has {len(rules)} per-head entries but the layer has {heads} heads"
         )
-    groups: dict = {}
+    groups: dict[Pattern, list[int]] = {}
     for h, rule in enumerate(rules):
         groups.setdefault(rule, []).append(h)
     if len(groups) == 1:
-        return [(make(rules[0]), None)]
-    return [(make(rule), hs) for rule, hs in groups.items()]
+        return [(rules[0], None)]
+    return list(groups.items())
 
 
 def video_attention(
@@ -193,17 +188,18 @@ def heads_first_attention(
     groups = head_groups(pattern, q.shape[1])
     if len(groups) == 1:
         return run(groups[0][0], q, k, v)
-    dense = [h for p, heads in groups if is_full(p, layout) for h in heads]
+    dense = {h for p, heads in groups if is_full(p, layout) for h in heads}
     if not dense:
         # One launch with per-head tables: 51 vs 62 ms a layer for five head groups of
         # candidate windows at HunyuanVideo 720p on an H100 (each launch drains the card).
         return run(pattern, q, k, v)
+    if len(dense) == q.shape[1]:
+        return run(Dense(), q, k, v)
     # Heads that keep everything run dense SDPA; the rest one sparse launch.
-    sparse = [h for h in range(q.shape[1]) if h not in set(dense)]
+    sparse = [h for h in range(q.shape[1]) if h not in dense]
     out = torch.empty_like(q)
-    for heads, p in ((dense, Dense()), (sparse, pattern.pick_heads(sparse) if sparse else None)):
-        if heads:
-            idx = _heads(tuple(heads), str(q.device))
-            sub = (x.index_select(1, idx) for x in (q, k, v))
-            out.index_copy_(1, idx, run(p, *sub))
+    for heads, p in ((sorted(dense), Dense()), (sparse, pattern.pick_heads(sparse))):
+        idx = _heads(tuple(heads), str(q.device))
+        sub = (x.index_select(1, idx) for x in (q, k, v))
+        out.index_copy_(1, idx, run(p, *sub))
     return out
